@@ -1,0 +1,1 @@
+"""deskbot core: conversation manager, tickets, outbox, scheduling and the CLI."""

@@ -1,0 +1,1 @@
+"""Channel adapters: one sub-package per platform, all implementing channels.base.Channel."""

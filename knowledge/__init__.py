@@ -1,0 +1,1 @@
+"""Knowledge base: articles, the rapidfuzz matcher, evaluation and the sample KB."""
