@@ -59,6 +59,14 @@ class Inbound:
     is how a repeat is recognised. ``thread_key`` names the platform conversation the
     message belongs to (a Slack DM channel, a web chat visitor, an email thread);
     ``reply_to`` carries what the channel needs to answer in the same place.
+
+    ``alt_ids`` are further keys that name the same message (an email's Message-ID and
+    content hash, so a re-fetch under a new UIDVALIDITY is still recognised).
+    ``references`` are platform ids of earlier messages this one answers (email
+    In-Reply-To/References); the core threads on them only within the same person.
+    ``ticket_hint`` is a ticket number the channel found (an ``[INC-000123]`` subject tag);
+    it too only counts for that ticket's requester. ``kind`` lets a channel hand in
+    something that must be stored but not answered ("auto_reply", "bounce"...).
     """
 
     channel: str
@@ -70,6 +78,9 @@ class Inbound:
     reply_to: Mapping[str, Any] = field(default_factory=dict)
     button: str | None = None
     ticket_hint: str | None = None
+    alt_ids: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    kind: str = "message"
     attachments: tuple[Attachment, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
