@@ -1,0 +1,205 @@
+"""Simple transactions recognised from free text: example utterances matched with rapidfuzz.
+
+Each intent has example utterances; a message matches the intent whose best example
+scores highest, if that score clears the threshold. Ticket numbers and short command
+forms are recognised exactly first (``status INC-000123``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz, process, utils
+
+TICKET_RE = re.compile(r"\b(INC|REQ|PRB)[-\s#]?(\d{1,9})\b", re.IGNORECASE)
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "help": (
+        "help",
+        "what can you do",
+        "what can you help with",
+        "how does this work",
+        "what are my options",
+        "menu",
+        "commands",
+        "how do i use this bot",
+    ),
+    "greeting": ("hi", "hello", "hey", "good morning", "hi there", "hello bot", "morning"),
+    "thanks": (
+        "thanks",
+        "thank you",
+        "thanks a lot",
+        "cheers",
+        "thank you so much",
+        "great thanks",
+        "perfect thanks",
+        "ok thanks",
+        "ty",
+        "much appreciated",
+    ),
+    "goodbye": ("bye", "goodbye", "see you", "that's all", "nothing else", "no that's all"),
+    "ticket_status": (
+        "status of my ticket",
+        "any news",
+        "any update on my ticket",
+        "what's the status",
+        "is there an update",
+        "any progress on my issue",
+        "when will my ticket be fixed",
+        "has anyone looked at my ticket",
+        "what is happening with my request",
+        "any news on my incident",
+        "update please",
+        "status update",
+    ),
+    "my_tickets": (
+        "my tickets",
+        "list my tickets",
+        "show my tickets",
+        "my open tickets",
+        "what tickets do i have",
+        "show my requests",
+        "my open requests",
+        "list my incidents",
+    ),
+    "password_reset": (
+        "reset my password",
+        "i forgot my password",
+        "password reset",
+        "i need a new password",
+        "my password expired",
+        "i am locked out of my account",
+        "account locked",
+        "can you reset my password",
+        "change my password",
+        "locked out",
+    ),
+    "access_request": (
+        "i need access to",
+        "request access",
+        "can i get access to",
+        "give me access to",
+        "i need permission to",
+        "add me to the group",
+        "access request",
+        "i need rights to the folder",
+        "grant me access",
+    ),
+    "subscribe": (
+        "subscribe to",
+        "notify me about",
+        "keep me posted about",
+        "send me updates about",
+        "subscribe me to outages",
+        "tell me when there are outages",
+    ),
+    "unsubscribe": (
+        "unsubscribe from",
+        "stop notifying me",
+        "stop sending me updates about",
+        "no more notices about",
+        "unsubscribe me",
+    ),
+    "human": (
+        "talk to a human",
+        "speak to a person",
+        "i want an agent",
+        "real person please",
+        "can i talk to someone",
+        "connect me to support",
+        "human please",
+        "agent",
+        "let me talk to a human",
+        "i need to speak to someone from it",
+    ),
+    "close_ticket": (
+        "close my ticket",
+        "cancel my ticket",
+        "you can close it",
+        "it's fixed now",
+        "never mind it works now",
+        "cancel my request",
+        "please close the ticket",
+        "problem solved you can close",
+        "it works again",
+    ),
+    "outage_check": (
+        "is vpn down",
+        "is email down",
+        "is there an outage",
+        "is the wifi down",
+        "are there any known issues",
+        "is something down",
+        "is anyone else having problems",
+    ),
+}
+
+THRESHOLDS: dict[str, float] = {
+    "greeting": 90.0,
+    "goodbye": 90.0,
+    "thanks": 88.0,
+    "help": 88.0,
+}
+DEFAULT_THRESHOLD = 82.0
+
+
+@dataclass(frozen=True, slots=True)
+class IntentMatch:
+    intent: str
+    score: float
+    example: str
+    ticket_number: str | None = None
+
+
+def _score(query: str, choice: str, **_: object) -> float:
+    """Whole-message similarity, or containment of a multi-word example in a short message.
+
+    Containment (token_set) lets "I need access to the finance share" match "i need
+    access to"; it only counts when the message is not much longer than the example, so a
+    long problem description that happens to contain "any news" is not a status query.
+    """
+    whole = max(fuzz.ratio(query, choice), fuzz.token_sort_ratio(query, choice))
+    query_words = len(query.split())
+    choice_words = len(choice.split())
+    if choice_words >= 2 and query_words <= choice_words + 5:
+        contained = fuzz.token_set_ratio(query, choice) - 3 * max(0, query_words - choice_words - 2)
+        return max(whole, contained)
+    return whole
+
+
+def find_ticket_number(text: str) -> str | None:
+    match = TICKET_RE.search(text)
+    if match is None:
+        return None
+    return f"{match.group(1).upper()}-{int(match.group(2)):06d}"
+
+
+class IntentMatcher:
+    """Scores free text against every intent's examples."""
+
+    def __init__(self, examples: dict[str, tuple[str, ...]] | None = None) -> None:
+        self.examples = examples or EXAMPLES
+        self._choices: list[str] = []
+        self._labels: list[str] = []
+        for intent, phrases in self.examples.items():
+            for phrase in phrases:
+                self._choices.append(utils.default_process(phrase))
+                self._labels.append(intent)
+
+    def match(self, text: str) -> IntentMatch | None:
+        processed = utils.default_process(text)
+        if not processed:
+            return None
+        ticket = find_ticket_number(text)
+        best: IntentMatch | None = None
+        hits = process.extract(processed, self._choices, scorer=_score, limit=8)
+        for choice, score, index in hits:
+            intent = self._labels[index]
+            if best is None or score > best.score:
+                best = IntentMatch(intent, float(score), choice, ticket)
+        if best is None:
+            return None
+        if best.score < THRESHOLDS.get(best.intent, DEFAULT_THRESHOLD):
+            return None
+        return best

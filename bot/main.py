@@ -1,0 +1,388 @@
+"""The composition root and the ``deskbot`` command line.
+
+This is the one module of ``bot`` that may import channel SDKs and the channels: it
+reads the settings, builds the enabled channels and starts everything in one lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import typer
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
+from bot.agents import AgentDesk
+from bot.catalog import Catalog
+from bot.clock import Clock, SystemClock
+from bot.events import EventBus
+from bot.manager import AgentSurface, ConversationManager
+from bot.outbox import OutboxDispatcher, OutboxPolicy
+from bot.ports import Channel, ChannelRegistry
+from bot.router import DeskRouter, RouterConfig
+from bot.settings import Settings
+from bot.sweeps import expire_flows
+from bot.tickets import TicketDesk
+from knowledge import KnowledgeBase
+from storage.db import Database
+from storage.migrate import upgrade
+from storage.repositories import Outbox
+
+logger = logging.getLogger("deskbot")
+
+
+@dataclass
+class Core:
+    """The channel-independent parts, wired together."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    catalog: Catalog
+    knowledge: KnowledgeBase | None
+    events: EventBus
+    registry: ChannelRegistry
+    dispatcher: OutboxDispatcher
+    manager: ConversationManager
+    agents: AgentDesk
+    tickets: TicketDesk
+    surfaces: list[AgentSurface] = field(default_factory=list)
+
+    async def health(self) -> dict[str, Any]:
+        from sqlalchemy import text
+
+        async with self.db.read() as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ok", "database": "ok", "channels": self.registry.kinds()}
+
+    async def backlog(self) -> dict[str, int]:
+        async with self.db.read() as session:
+            return await Outbox(session).count_by_status()
+
+
+def build_core(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    database: Database | None = None,
+    policy: OutboxPolicy | None = None,
+    fault_hook: Any = None,
+) -> Core:
+    clock = clock or SystemClock()
+    db = database or Database(settings.resolved_database_url)
+    catalog = Catalog.load(settings.catalog)
+    knowledge = KnowledgeBase.load(settings.kb_dir) if settings.kb_dir else None
+    if knowledge is not None:
+        for error in knowledge.errors:
+            logger.warning("kb.article.error %s", error)
+    events = EventBus()
+    registry = ChannelRegistry()
+    dispatcher = OutboxDispatcher(
+        db,
+        registry,
+        clock,
+        policy=policy
+        or OutboxPolicy(
+            max_attempts=settings.outbox_max_attempts,
+            base_backoff=settings.outbox_base_backoff,
+            max_backoff=settings.outbox_max_backoff,
+            lease_seconds=settings.outbox_lease_seconds,
+        ),
+        events=events,
+        fault_hook=fault_hook,
+    )
+    tickets = TicketDesk(catalog, reopen_grace=timedelta(days=settings.reopen_grace_days))
+    router = DeskRouter(
+        catalog=catalog,
+        tickets=tickets,
+        knowledge=knowledge,
+        config=RouterConfig(flow_timeout=timedelta(minutes=settings.flow_timeout_minutes)),
+    )
+    manager = ConversationManager(
+        db,
+        router,
+        clock,
+        events=events,
+        on_enqueued=dispatcher.wake,
+        auto_reply_cap_per_hour=settings.auto_reply_cap_per_hour,
+    )
+    agents = AgentDesk(
+        db, clock, catalog=catalog, tickets=tickets, events=events, on_enqueued=dispatcher.wake
+    )
+    return Core(
+        settings=settings,
+        clock=clock,
+        db=db,
+        catalog=catalog,
+        knowledge=knowledge,
+        events=events,
+        registry=registry,
+        dispatcher=dispatcher,
+        manager=manager,
+        agents=agents,
+        tickets=tickets,
+    )
+
+
+class Runtime:
+    """``deskbot run``: migrations, channels, HTTP server, scheduler and dispatcher."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.core = build_core(settings, clock=clock)
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._started: list[Any] = []
+        self.http: Any = None
+
+    def _channels(self) -> list[Channel]:
+        return build_channels(self.core)
+
+    async def start(self) -> None:
+        try:
+            await upgrade(self.core.db)
+            for channel in self._channels():
+                self.core.registry.add(channel)
+            from channels.http.server import HttpServer, build_app
+
+            routers = http_routers(self.core)
+            app = build_app(health=self.core.health, routers=routers, backlog=self.core.backlog)
+            self.http = HttpServer(app, host=self.settings.http_host, port=self.settings.http_port)
+            await self.http.start()
+            self._started.append(self.http)
+            for channel in self.core.registry:
+                await channel.start()
+                self._started.append(channel)
+            await self.core.dispatcher.start()
+            self._started.append(self.core.dispatcher)
+            self._schedule()
+            self.scheduler.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _schedule(self) -> None:
+        core = self.core
+        self.scheduler.add_job(
+            expire_flows,
+            "interval",
+            seconds=30,
+            args=[core.db, core.clock, core.events],
+            id="expire_flows",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=60,
+        )
+        if core.knowledge is not None:
+            self.scheduler.add_job(
+                core.knowledge.refresh_if_changed,
+                "interval",
+                seconds=5,
+                id="kb_refresh",
+                max_instances=1,
+                coalesce=True,
+            )
+
+    async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        for part in reversed(self._started):
+            try:
+                await part.stop()
+            except Exception:
+                logger.exception("runtime.stop.failed part=%s", type(part).__name__)
+        self._started.clear()
+        await self.core.db.dispose()
+
+
+def build_channels(core: Core) -> list[Channel]:
+    """The channels whose settings are present (one line per channel)."""
+    channels: list[Channel] = []
+    from channels.webchat import WebChatChannel
+
+    channels.append(WebChatChannel())
+    return channels
+
+
+def http_routers(core: Core) -> list[Any]:
+    """Routers the enabled web-facing channels contribute to the one HTTP server."""
+    from channels.webchat import WebChatChannel
+    from channels.webchat.app import web_routers
+
+    webchat = core.registry.get("webchat")
+    if not isinstance(webchat, WebChatChannel):
+        webchat = WebChatChannel()
+        core.registry.add(webchat)
+    return web_routers(
+        settings=core.settings,
+        channel=webchat,
+        handle=core.manager.handle,
+        agents=core.agents,
+        events=core.events,
+        database=core.db,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the command line
+
+app = typer.Typer(
+    help="deskbot: a chat-first, omnichannel IT service desk bot.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+agent_app = typer.Typer(help="Agents who take conversations over.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(agent_app, name="agent")
+
+
+def _mount_optional(name: str, module: str) -> None:
+    import importlib
+
+    try:
+        sub = importlib.import_module(module)
+    except ImportError:
+        return
+    app.add_typer(sub.app, name=name)
+
+
+_mount_optional("kb", "knowledge.cli")
+_mount_optional("email", "channels.email.cli")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def run() -> None:
+    """Start deskbot: HTTP server, enabled channels, scheduler and outbox dispatcher."""
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    settings.ensure_secret_key()
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await runtime.start()
+    url = f"http://{settings.http_host}:{runtime.http.port}"
+    logger.info("deskbot.started url=%s channels=%s", url, ",".join(runtime.core.registry.kinds()))
+    typer.echo(f"deskbot is listening on {url} (health: {url}/healthz). Ctrl-C stops it.")
+    await stop.wait()
+    logger.info("deskbot.stopping")
+    await runtime.stop()
+    typer.echo("deskbot stopped.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the database migrations (also done by ``deskbot run`` at start)."""
+    settings = Settings()
+    _setup_logging(settings.log_level)
+
+    async def _go() -> None:
+        database = Database(settings.resolved_database_url)
+        try:
+            await upgrade(database, revision)
+        finally:
+            await database.dispose()
+
+    asyncio.run(_go())
+    typer.echo(f"database at {revision}")
+
+
+@app.command()
+def chat(
+    user: str = typer.Option(None, help="Who you are in this chat (default: your login)."),
+) -> None:
+    """Talk to the bot in this terminal (also works with piped input)."""
+    settings = Settings()
+    _setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    asyncio.run(_chat(settings, user))
+
+
+async def _chat(settings: Settings, user: str | None) -> None:
+    from channels.terminal import TerminalChannel
+
+    core = build_core(settings)
+    await upgrade(core.db)
+    terminal = TerminalChannel(user=user)
+    core.registry.add(terminal)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo("deskbot chat: type a message, Ctrl-D to leave. Try 'help'.")
+    try:
+        while True:
+            if interactive:
+                typer.echo("you> ", nl=False)
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                break
+            if not line.strip():
+                continue
+            if not interactive:
+                typer.echo(f"you> {line.strip()}")
+            await core.manager.handle(terminal.inbound(line))
+            await core.dispatcher.drain()
+    finally:
+        await core.db.dispose()
+
+
+@agent_app.command("add")
+def agent_add(
+    username: str,
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    name: str = typer.Option(None, help="Display name."),
+    email: str = typer.Option(None),
+    group: list[str] | None = typer.Option(None, help="Agent group id(s) from the catalogue."),
+    lead: bool = typer.Option(False, help="A team lead (sees every group, gets alerts)."),
+    slack_user: str = typer.Option(None, help="The agent's Slack user id."),
+) -> None:
+    """Create an agent who can log into the console (password hashed with argon2)."""
+    settings = Settings()
+    _setup_logging("WARNING")
+
+    async def _go() -> None:
+        core = build_core(settings)
+        try:
+            await upgrade(core.db)
+            agent = await core.agents.add_agent(
+                username,
+                password=password,
+                display_name=name,
+                email=email,
+                groups=group,
+                is_lead=lead,
+                slack_user_id=slack_user,
+            )
+            typer.echo(f"agent {agent.username} created (id {agent.id})")
+        finally:
+            await core.db.dispose()
+
+    asyncio.run(_go())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    app(args=list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Core", "Runtime", "app", "build_core", "main"]

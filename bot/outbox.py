@@ -1,0 +1,373 @@
+"""The outbox dispatcher: delivers committed outbox rows through the channel registry.
+
+Every row goes ``pending`` → ``sending`` (claimed under a lease) → ``sent`` | ``failed``.
+Just before a batch goes to the network its rows are stamped ``send_started_at`` in their
+own commit: that stamp opens the one ambiguous window (sent by the platform, not yet
+marked by us). A row whose lease ran out is recovered by whoever sweeps next:
+
+- never started → back to ``pending`` (nothing was sent);
+- started, and the channel can reconcile (Slack looks for its outbox id in the
+  channel's history) → ``sent`` when found, else ``pending``;
+- started, channel cannot reconcile → ``ambiguous``: not resent, raised as an alert so an
+  agent decides. This is the documented ambiguous window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bot.clock import Clock
+from bot.errors import ConfigError, PermanentError, RateLimited, TransientError
+from bot.events import ConversationEvent, EventBus
+from bot.ports import ChannelRegistry, Reconciling
+from bot.types import Delivery, Outbound
+from storage.db import Database
+from storage.models import OutboxRow
+from storage.repositories import Alerts, Outbox
+
+logger = logging.getLogger(__name__)
+
+FaultHook = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPolicy:
+    """How hard the dispatcher tries."""
+
+    max_attempts: int = 8
+    base_backoff: float = 2.0
+    max_backoff: float = 600.0
+    lease_seconds: float = 60.0
+    batch_size: int = 200
+    poll_seconds: float = 1.0
+    send_timeout: float = 30.0
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.capacity = burst
+        self.tokens = burst
+        self.updated = asyncio.get_running_loop().time()
+
+    async def take(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    row_id: int
+    delivery: Delivery | None = None
+    error: BaseException | None = None
+
+
+class OutboxDispatcher:
+    """Claims due outbox rows and sends them, with retry, backoff and rate limits."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: ChannelRegistry,
+        clock: Clock,
+        *,
+        policy: OutboxPolicy | None = None,
+        events: EventBus | None = None,
+        rng: random.Random | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        self.db = database
+        self.registry = registry
+        self.clock = clock
+        self.policy = policy or OutboxPolicy()
+        self.events = events
+        self._rng = rng or random.Random()
+        self._fault = fault_hook
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._paused_until: dict[str, datetime] = {}
+        self.idle = asyncio.Event()
+
+    # lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._serve(), name="outbox.dispatcher")
+            self._task.add_done_callback(self._crashed)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("outbox.dispatcher.crashed", exc_info=task.exception())
+
+    def wake(self) -> None:
+        """Called after a commit that enqueued rows: deliver now, not at the next poll."""
+        self._wake.set()
+
+    async def _serve(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                processed = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("outbox.sweep.failed")
+                processed = 0
+            if processed:
+                continue
+            self.idle.set()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.policy.poll_seconds)
+            except TimeoutError:
+                pass
+            self.idle.clear()
+
+    # one sweep ---------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Recover stale claims, then claim and deliver one batch; rows processed."""
+        now = self.clock.now()
+        await self.recover_stale(now)
+        paused = [kind for kind, until in self._paused_until.items() if until > now]
+        lease = timedelta(seconds=self.policy.lease_seconds)
+        async with self.db.transaction() as session:
+            rows = await Outbox(session).claim_due(
+                now, lease=lease, limit=self.policy.batch_size, skip_channels=paused
+            )
+            claimed = [(row.id, row.channel, row.attempts, dict(row.payload)) for row in rows]
+        if not claimed:
+            return 0
+        self._fault_point("claimed")
+        async with self.db.transaction() as session:
+            started = self.clock.now()
+            for row_id, *_ in claimed:
+                stored = await session.get(OutboxRow, row_id)
+                assert stored is not None
+                stored.send_started_at = started
+                stored.claimed_until = started + lease
+        self._fault_point("before_send")
+        by_channel: dict[str, list[tuple[int, int, Outbound]]] = {}
+        for row_id, channel, attempts, payload in claimed:
+            outbound = Outbound.from_json(payload, outbox_id=row_id)
+            by_channel.setdefault(channel, []).append((row_id, attempts, outbound))
+        results = await asyncio.gather(
+            *(self._send_channel(kind, items) for kind, items in by_channel.items())
+        )
+        outcomes = [outcome for group in results for outcome in group]
+        self._fault_point("after_send")
+        await self._settle(outcomes, {row_id: attempts for row_id, _, attempts, _ in claimed})
+        return len(claimed)
+
+    async def _send_channel(
+        self, kind: str, items: list[tuple[int, int, Outbound]]
+    ) -> list[_Outcome]:
+        channel = self.registry.get(kind)
+        outcomes: list[_Outcome] = []
+        for row_id, _attempts, outbound in items:
+            if channel is None:
+                outcomes.append(_Outcome(row_id, error=PermanentError(f"no channel {kind!r}")))
+                continue
+            paused = self._paused_until.get(kind)
+            if paused is not None and paused > self.clock.now():
+                outcomes.append(
+                    _Outcome(
+                        row_id,
+                        error=RateLimited(
+                            "channel paused",
+                            retry_after=(paused - self.clock.now()).total_seconds(),
+                        ),
+                    )
+                )
+                continue
+            bucket = self._bucket(kind, channel)
+            if bucket is not None:
+                await bucket.take()
+            try:
+                delivery = await asyncio.wait_for(
+                    channel.send(outbound), timeout=self.policy.send_timeout
+                )
+                outcomes.append(_Outcome(row_id, delivery=delivery))
+            except RateLimited as exc:
+                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                self._paused_until[kind] = self.clock.now() + timedelta(seconds=wait)
+                logger.warning("outbox.rate_limited channel=%s retry_after=%.1f", kind, wait)
+                outcomes.append(_Outcome(row_id, error=exc))
+            except TimeoutError:
+                outcomes.append(_Outcome(row_id, error=TransientError("send timed out")))
+            except (TransientError, PermanentError, ConfigError) as exc:
+                outcomes.append(_Outcome(row_id, error=exc))
+            except Exception as exc:
+                logger.exception("outbox.send.crashed channel=%s outbox_id=%s", kind, row_id)
+                outcomes.append(_Outcome(row_id, error=TransientError(repr(exc))))
+        return outcomes
+
+    def _bucket(self, kind: str, channel: object) -> _TokenBucket | None:
+        rate = getattr(channel, "rate_per_second", None)
+        if not rate:
+            return None
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            burst = float(getattr(channel, "rate_burst", max(1.0, rate)))
+            bucket = self._buckets[kind] = _TokenBucket(float(rate), burst)
+        return bucket
+
+    async def _settle(self, outcomes: list[_Outcome], attempts: dict[int, int]) -> None:
+        now = self.clock.now()
+        failed: list[tuple[OutboxRow, str]] = []
+        delivered: list[OutboxRow] = []
+        async with self.db.transaction() as session:
+            for outcome in outcomes:
+                row = await session.get(OutboxRow, outcome.row_id)
+                if row is None or row.status != "sending":
+                    continue
+                row.claimed_until = None
+                if outcome.delivery is not None:
+                    row.status = "sent"
+                    row.platform_id = outcome.delivery.platform_id
+                    row.sent_at = now
+                    row.attempts = attempts[row.id] + 1
+                    row.last_error = None
+                    delivered.append(row)
+                    continue
+                error = outcome.error
+                assert error is not None
+                row.send_started_at = None
+                row.last_error = f"{type(error).__name__}: {error}"[:2000]
+                if isinstance(error, RateLimited):
+                    # not the row's fault: no attempt is spent
+                    row.status = "pending"
+                    row.next_attempt_at = now + timedelta(seconds=error.retry_after or 1.0)
+                    continue
+                row.attempts = attempts[row.id] + 1
+                if isinstance(error, TransientError) and row.attempts < self.policy.max_attempts:
+                    row.status = "pending"
+                    row.next_attempt_at = now + timedelta(
+                        seconds=self.backoff(row.attempts, error.retry_after)
+                    )
+                    logger.info(
+                        "outbox.retry outbox_id=%s attempts=%s error=%s",
+                        row.id,
+                        row.attempts,
+                        type(error).__name__,
+                    )
+                    continue
+                row.status = "failed"
+                failed.append((row, row.last_error))
+            for row, reason in failed:
+                logger.error("outbox.failed outbox_id=%s channel=%s", row.id, row.channel)
+                await Alerts(session).raise_alert(
+                    "delivery_failed",
+                    f"A {row.channel} message could not be delivered: {reason}",
+                    now=now,
+                    conversation_id=row.conversation_id,
+                    detail={"outbox_id": row.id},
+                )
+        if self.events is not None:
+            for row in delivered:
+                self.events.publish(
+                    ConversationEvent(
+                        "delivered",
+                        row.conversation_id,
+                        {"outbox_id": row.id, "platform_id": row.platform_id},
+                    )
+                )
+            for row, _ in failed:
+                self.events.publish(
+                    ConversationEvent("delivery_failed", row.conversation_id, {"outbox_id": row.id})
+                )
+
+    def backoff(self, attempts: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with full jitter, never shorter than the platform asked."""
+        ceiling = min(self.policy.max_backoff, self.policy.base_backoff * (2 ** (attempts - 1)))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+    async def recover_stale(self, now: datetime) -> int:
+        """Settle rows whose claimer died; see the module docstring for the rules."""
+        async with self.db.transaction() as session:
+            stale = await Outbox(session).stale_claims(now)
+            snapshot = [
+                (row.id, row.channel, row.send_started_at is not None, dict(row.payload))
+                for row in stale
+            ]
+            for row in stale:
+                if row.send_started_at is None:
+                    row.status = "pending"
+                    row.claimed_until = None
+        recovered = 0
+        for row_id, kind, started, payload in snapshot:
+            if not started:
+                recovered += 1
+                continue
+            channel = self.registry.get(kind)
+            found: Delivery | None = None
+            can_reconcile = isinstance(channel, Reconciling)
+            if can_reconcile:
+                try:
+                    found = await channel.reconcile(  # type: ignore[union-attr]
+                        Outbound.from_json(payload, outbox_id=row_id)
+                    )
+                except Exception:
+                    logger.exception("outbox.reconcile.failed outbox_id=%s", row_id)
+                    continue
+            async with self.db.transaction() as session:
+                current = await session.get(OutboxRow, row_id)
+                if current is None or current.status != "sending":
+                    continue
+                row = current
+                row.claimed_until = None
+                if found is not None:
+                    row.status = "sent"
+                    row.platform_id = found.platform_id
+                    row.sent_at = now
+                elif can_reconcile:
+                    row.status = "pending"
+                    row.send_started_at = None
+                    row.next_attempt_at = now
+                else:
+                    row.status = "ambiguous"
+                    row.last_error = "process stopped while sending; delivery unknown"
+                    await Alerts(session).raise_alert(
+                        "delivery_ambiguous",
+                        f"A {kind} message may or may not have been delivered (outbox {row_id}).",
+                        now=now,
+                        conversation_id=row.conversation_id,
+                        detail={"outbox_id": row_id},
+                    )
+                    logger.warning("outbox.ambiguous outbox_id=%s channel=%s", row_id, kind)
+            recovered += 1
+        return recovered
+
+    async def drain(self, *, timeout: float = 10.0) -> None:
+        """Deliver until nothing is due (tests and ``deskbot chat``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.run_once():
+            if loop.time() > deadline:
+                raise TimeoutError("outbox did not drain")
+
+    def _fault_point(self, name: str) -> None:
+        if self._fault is not None:
+            self._fault(name)

@@ -1,0 +1,1 @@
+"""The one HTTP server: web chat, agent console, REST API, Slack HTTP events, health."""

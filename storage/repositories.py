@@ -1,0 +1,716 @@
+"""Repositories: every query the bot runs lives here, behind intention-revealing names.
+
+They take the caller's ``AsyncSession``; the bot owns the transaction. Inserts that can
+race (the same inbound twice, a person's first two messages at once) use the database's
+own ``ON CONFLICT DO NOTHING`` so the loser sees the winner's row instead of an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    Agent,
+    Alert,
+    ArticleStats,
+    Conversation,
+    Identity,
+    InboundReceipt,
+    Message,
+    OutboxRow,
+    Person,
+    RefusedQuery,
+    Subscription,
+    Ticket,
+    TicketCounter,
+    TicketEvent,
+)
+
+
+def _insert(session: AsyncSession, model: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+async def insert_ignore(
+    session: AsyncSession, model: Any, values: dict[str, Any], conflict: Sequence[str]
+) -> int | None:
+    """Insert a row unless one with the same ``conflict`` columns exists; its id or None."""
+    stmt = (
+        _insert(session, model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=list(conflict))
+        .returning(model.__table__.c[next(iter(model.__table__.primary_key.columns)).name])
+    )
+    result = await session.execute(stmt)
+    row = result.first()
+    return None if row is None else row[0]
+
+
+class Receipts:
+    """The durable ledger of every inbound message ever seen."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def record(
+        self,
+        channel: str,
+        external_id: str,
+        *,
+        alt_ids: Sequence[str] = (),
+        now: datetime,
+    ) -> bool:
+        """Record a receipt; False when this message (or an alias of it) was seen before."""
+        new_id = await insert_ignore(
+            self.session,
+            InboundReceipt,
+            {"channel": channel, "external_id": external_id, "received_at": now},
+            ("channel", "external_id"),
+        )
+        if new_id is None:
+            return False
+        fresh = True
+        for alias in alt_ids:
+            alias_id = await insert_ignore(
+                self.session,
+                InboundReceipt,
+                {"channel": channel, "external_id": alias, "received_at": now},
+                ("channel", "external_id"),
+            )
+            if alias_id is None:
+                fresh = False
+        if not fresh:
+            await self.session.execute(
+                update(InboundReceipt)
+                .where(InboundReceipt.id == new_id)
+                .values(status="duplicate", reason="already received under another id")
+            )
+        return fresh
+
+    async def settle(
+        self,
+        channel: str,
+        external_id: str,
+        *,
+        status: str,
+        reason: str | None,
+        message_id: int | None,
+    ) -> None:
+        await self.session.execute(
+            update(InboundReceipt)
+            .where(InboundReceipt.channel == channel, InboundReceipt.external_id == external_id)
+            .values(status=status, reason=reason, message_id=message_id)
+        )
+
+    async def get(self, channel: str, external_id: str) -> InboundReceipt | None:
+        return (
+            await self.session.execute(
+                select(InboundReceipt).where(
+                    InboundReceipt.channel == channel, InboundReceipt.external_id == external_id
+                )
+            )
+        ).scalar_one_or_none()
+
+
+class People:
+    """People and their channel identities."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, person_id: int) -> Person | None:
+        return await self.session.get(Person, person_id)
+
+    async def by_email(self, email: str) -> Person | None:
+        return (
+            await self.session.execute(select(Person).where(Person.email == email.lower()))
+        ).scalar_one_or_none()
+
+    async def identity(self, channel: str, external_id: str) -> Identity | None:
+        return (
+            await self.session.execute(
+                select(Identity).where(
+                    Identity.channel == channel, Identity.external_id == external_id
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def identities_of(self, person_id: int) -> list[Identity]:
+        rows = await self.session.execute(select(Identity).where(Identity.person_id == person_id))
+        return list(rows.scalars())
+
+    async def ensure_by_email(
+        self, email: str, *, display_name: str | None, now: datetime
+    ) -> Person:
+        email = email.lower()
+        await insert_ignore(
+            self.session,
+            Person,
+            {
+                "email": email,
+                "display_name": display_name,
+                "created_at": now,
+                "is_vip": False,
+                "email_bouncing": False,
+            },
+            ("email",),
+        )
+        person = await self.by_email(email)
+        assert person is not None
+        return person
+
+    async def create(self, *, display_name: str | None, now: datetime) -> Person:
+        person = Person(
+            display_name=display_name, created_at=now, is_vip=False, email_bouncing=False
+        )
+        self.session.add(person)
+        await self.session.flush()
+        return person
+
+    async def link_identity(
+        self,
+        person_id: int,
+        *,
+        channel: str,
+        external_id: str,
+        display_name: str | None,
+        email: str | None,
+        verified: bool,
+        now: datetime,
+    ) -> Identity:
+        await insert_ignore(
+            self.session,
+            Identity,
+            {
+                "person_id": person_id,
+                "channel": channel,
+                "external_id": external_id,
+                "display_name": display_name,
+                "email": email.lower() if email else None,
+                "verified": verified,
+                "created_at": now,
+            },
+            ("channel", "external_id"),
+        )
+        identity = await self.identity(channel, external_id)
+        assert identity is not None
+        return identity
+
+    async def mark_bouncing(self, email: str) -> bool:
+        result = await self.session.execute(
+            update(Person).where(Person.email == email.lower()).values(email_bouncing=True)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class Conversations:
+    """Conversations, their takeover state and their messages."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, conversation_id: int, *, for_update: bool = False) -> Conversation | None:
+        stmt = select(Conversation).where(Conversation.id == conversation_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def by_thread(self, channel: str, thread_key: str) -> Conversation | None:
+        return (
+            await self.session.execute(
+                select(Conversation).where(
+                    Conversation.channel == channel, Conversation.thread_key == thread_key
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def find_or_open(
+        self,
+        *,
+        channel: str,
+        thread_key: str,
+        person_id: int,
+        reply_to: dict[str, Any],
+        now: datetime,
+    ) -> tuple[Conversation, bool]:
+        new_id = await insert_ignore(
+            self.session,
+            Conversation,
+            {
+                "person_id": person_id,
+                "channel": channel,
+                "thread_key": thread_key,
+                "reply_to": reply_to,
+                "state": "bot",
+                "notes": {},
+                "created_at": now,
+                "updated_at": now,
+            },
+            ("channel", "thread_key"),
+        )
+        conversation = await self.by_thread(channel, thread_key)
+        assert conversation is not None
+        return conversation, new_id is not None
+
+    async def by_reference(
+        self, channel: str, references: Sequence[str], person_id: int
+    ) -> Conversation | None:
+        """The conversation one of ``references`` belongs to, only if it is this person's."""
+        if not references:
+            return None
+        refs = list(references)
+        via_messages = select(Message.conversation_id).where(
+            Message.channel == channel, Message.external_id.in_(refs)
+        )
+        via_outbox = select(OutboxRow.conversation_id).where(
+            OutboxRow.channel == channel, OutboxRow.platform_id.in_(refs)
+        )
+        stmt = (
+            select(Conversation)
+            .where(
+                Conversation.person_id == person_id,
+                or_(Conversation.id.in_(via_messages), Conversation.id.in_(via_outbox)),
+            )
+            .order_by(Conversation.updated_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def by_outbound_reference(
+        self, channel: str, references: Sequence[str]
+    ) -> Conversation | None:
+        """The conversation whose outbound message one of ``references`` names (bounces)."""
+        if not references:
+            return None
+        stmt = (
+            select(Conversation)
+            .join(OutboxRow, OutboxRow.conversation_id == Conversation.id)
+            .where(OutboxRow.channel == channel, OutboxRow.platform_id.in_(list(references)))
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def add_message(
+        self,
+        conversation: Conversation,
+        *,
+        direction: str,
+        author_kind: str,
+        text: str,
+        now: datetime,
+        external_id: str | None = None,
+        author_id: int | None = None,
+        private: bool = False,
+        kind: str = "message",
+        meta: dict[str, Any] | None = None,
+    ) -> Message:
+        message = Message(
+            conversation_id=conversation.id,
+            direction=direction,
+            channel=conversation.channel,
+            external_id=external_id,
+            author_kind=author_kind,
+            author_id=author_id,
+            kind=kind,
+            text=text,
+            private=private,
+            meta=meta or {},
+            created_at=now,
+        )
+        self.session.add(message)
+        conversation.updated_at = now
+        if direction == "in":
+            conversation.last_inbound_at = now
+        await self.session.flush()
+        return message
+
+    async def messages(
+        self,
+        conversation_id: int,
+        *,
+        after_id: int = 0,
+        include_private: bool = True,
+        limit: int = 500,
+    ) -> list[Message]:
+        stmt = select(Message).where(
+            Message.conversation_id == conversation_id, Message.id > after_id
+        )
+        if not include_private:
+            stmt = stmt.where(Message.private.is_(False))
+        rows = await self.session.execute(stmt.order_by(Message.id).limit(limit))
+        return list(rows.scalars())
+
+    async def of_person(self, person_id: int, *, limit: int = 20) -> list[Conversation]:
+        rows = await self.session.execute(
+            select(Conversation)
+            .where(Conversation.person_id == person_id)
+            .order_by(Conversation.updated_at.desc())
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+    async def in_state(self, states: Sequence[str], *, limit: int = 200) -> list[Conversation]:
+        rows = await self.session.execute(
+            select(Conversation)
+            .where(Conversation.state.in_(list(states)))
+            .order_by(Conversation.escalated_at, Conversation.id)
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+    async def transition(
+        self,
+        conversation_id: int,
+        *,
+        from_states: Sequence[str],
+        to_state: str,
+        now: datetime,
+        agent_id: int | None = None,
+        require_agent: int | None = None,
+    ) -> bool:
+        """Compare-and-set the takeover state: exactly one concurrent caller wins."""
+        conditions = [Conversation.id == conversation_id, Conversation.state.in_(list(from_states))]
+        if require_agent is not None:
+            conditions.append(Conversation.agent_id == require_agent)
+        values: dict[str, Any] = {"state": to_state, "updated_at": now, "agent_id": agent_id}
+        if to_state == "queued":
+            values["escalated_at"] = now
+        result = await self.session.execute(
+            update(Conversation).where(and_(*conditions)).values(**values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def expired_flows(self, now: datetime, *, limit: int = 100) -> list[Conversation]:
+        rows = await self.session.execute(
+            select(Conversation)
+            .where(Conversation.flow_expires_at.is_not(None), Conversation.flow_expires_at <= now)
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+    async def count_outbound_since(self, conversation_ids: Sequence[int], since: datetime) -> int:
+        if not conversation_ids:
+            return 0
+        result = await self.session.execute(
+            select(func.count(Message.id)).where(
+                Message.conversation_id.in_(list(conversation_ids)),
+                Message.direction == "out",
+                Message.author_kind == "bot",
+                Message.created_at >= since,
+            )
+        )
+        return int(result.scalar_one())
+
+
+class Outbox:
+    """Outbound messages waiting for, in, or past delivery."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def enqueue(
+        self,
+        *,
+        channel: str,
+        payload: dict[str, Any],
+        now: datetime,
+        conversation_id: int | None = None,
+        message_id: int | None = None,
+    ) -> OutboxRow:
+        row = OutboxRow(
+            channel=channel,
+            payload=payload,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def get(self, row_id: int) -> OutboxRow | None:
+        return await self.session.get(OutboxRow, row_id)
+
+    async def claim_due(
+        self, now: datetime, *, lease: timedelta, limit: int, skip_channels: Sequence[str] = ()
+    ) -> list[OutboxRow]:
+        """Claim due rows for this process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+            .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+            .limit(limit)
+        )
+        if skip_channels:
+            stmt = stmt.where(OutboxRow.channel.not_in(list(skip_channels)))
+        if self.session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = list((await self.session.execute(stmt)).scalars())
+        for row in rows:
+            row.status = "sending"
+            row.claimed_until = now + lease
+            row.send_started_at = None
+        await self.session.flush()
+        return rows
+
+    async def stale_claims(self, now: datetime, *, limit: int = 100) -> list[OutboxRow]:
+        """Rows whose claimer died (lease expired while ``sending``)."""
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.status == "sending", OutboxRow.claimed_until < now)
+            .limit(limit)
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self.session.execute(
+            select(OutboxRow.status, func.count(OutboxRow.id)).group_by(OutboxRow.status)
+        )
+        return {status: int(count) for status, count in rows.all()}
+
+    async def pending_for(self, conversation_id: int) -> int:
+        result = await self.session.execute(
+            select(func.count(OutboxRow.id)).where(
+                OutboxRow.conversation_id == conversation_id,
+                OutboxRow.status.in_(["pending", "sending"]),
+            )
+        )
+        return int(result.scalar_one())
+
+    async def by_status(self, status: str, *, limit: int = 100) -> list[OutboxRow]:
+        rows = await self.session.execute(
+            select(OutboxRow).where(OutboxRow.status == status).order_by(OutboxRow.id).limit(limit)
+        )
+        return list(rows.scalars())
+
+
+class Tickets:
+    """Tickets, their numbers and event log."""
+
+    PREFIXES = {"incident": "INC", "request": "REQ", "problem": "PRB"}
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def next_number(self, kind: str) -> str:
+        prefix = self.PREFIXES[kind]
+        stmt = (
+            _insert(self.session, TicketCounter)
+            .values(prefix=prefix, last_value=1)
+            .on_conflict_do_update(
+                index_elements=["prefix"],
+                set_={"last_value": TicketCounter.__table__.c.last_value + 1},
+            )
+            .returning(TicketCounter.__table__.c.last_value)
+        )
+        value = (await self.session.execute(stmt)).scalar_one()
+        return f"{prefix}-{value:06d}"
+
+    async def add(self, ticket: Ticket) -> Ticket:
+        self.session.add(ticket)
+        await self.session.flush()
+        return ticket
+
+    async def get(self, ticket_id: int) -> Ticket | None:
+        return await self.session.get(Ticket, ticket_id)
+
+    async def by_number(self, number: str) -> Ticket | None:
+        return (
+            await self.session.execute(select(Ticket).where(Ticket.number == number.upper()))
+        ).scalar_one_or_none()
+
+    async def of_requester(
+        self, person_id: int, *, statuses: Sequence[str] | None = None, limit: int = 20
+    ) -> list[Ticket]:
+        stmt = select(Ticket).where(Ticket.requester_id == person_id)
+        if statuses:
+            stmt = stmt.where(Ticket.status.in_(list(statuses)))
+        rows = await self.session.execute(stmt.order_by(Ticket.id.desc()).limit(limit))
+        return list(rows.scalars())
+
+    async def log(
+        self,
+        ticket: Ticket,
+        *,
+        action: str,
+        actor_kind: str,
+        now: datetime,
+        actor_id: int | None = None,
+        public: bool = True,
+        detail: dict[str, Any] | None = None,
+    ) -> TicketEvent:
+        event = TicketEvent(
+            ticket_id=ticket.id,
+            at=now,
+            actor_kind=actor_kind,
+            actor_id=actor_id,
+            action=action,
+            public=public,
+            detail=detail or {},
+        )
+        self.session.add(event)
+        await self.session.flush()
+        return event
+
+    async def events(self, ticket_id: int) -> list[TicketEvent]:
+        rows = await self.session.execute(
+            select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)
+        )
+        return list(rows.scalars())
+
+
+class Agents:
+    """Agents who take conversations over."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, agent_id: int) -> Agent | None:
+        return await self.session.get(Agent, agent_id)
+
+    async def by_username(self, username: str) -> Agent | None:
+        return (
+            await self.session.execute(select(Agent).where(Agent.username == username))
+        ).scalar_one_or_none()
+
+    async def by_slack_user(self, slack_user_id: str) -> Agent | None:
+        return (
+            await self.session.execute(select(Agent).where(Agent.slack_user_id == slack_user_id))
+        ).scalar_one_or_none()
+
+    async def add(self, agent: Agent) -> Agent:
+        self.session.add(agent)
+        await self.session.flush()
+        return agent
+
+    async def leads(self) -> list[Agent]:
+        rows = await self.session.execute(
+            select(Agent).where(Agent.is_lead.is_(True), Agent.active.is_(True))
+        )
+        return list(rows.scalars())
+
+
+class Subscriptions:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, person_id: int, service: str, *, now: datetime) -> bool:
+        new_id = await insert_ignore(
+            self.session,
+            Subscription,
+            {"person_id": person_id, "service": service, "created_at": now},
+            ("person_id", "service"),
+        )
+        return new_id is not None
+
+    async def remove(self, person_id: int, service: str) -> bool:
+        from sqlalchemy import delete
+
+        result = await self.session.execute(
+            delete(Subscription).where(
+                Subscription.person_id == person_id, Subscription.service == service
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def of_person(self, person_id: int) -> list[str]:
+        rows = await self.session.execute(
+            select(Subscription.service).where(Subscription.person_id == person_id)
+        )
+        return sorted(rows.scalars())
+
+    async def subscribers(self, service: str) -> list[int]:
+        rows = await self.session.execute(
+            select(Subscription.person_id).where(Subscription.service == service)
+        )
+        return list(rows.scalars())
+
+
+class KnowledgeFeedback:
+    """Per-article offered/accepted/rejected counts, and the questions we refused."""
+
+    FIELDS = ("offered", "accepted", "rejected")
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def bump(self, article_id: str, field: str) -> None:
+        assert field in self.FIELDS
+        column = ArticleStats.__table__.c[field]
+        stmt = (
+            _insert(self.session, ArticleStats)
+            .values(article_id=article_id, **{f: int(f == field) for f in self.FIELDS})
+            .on_conflict_do_update(index_elements=["article_id"], set_={field: column + 1})
+        )
+        await self.session.execute(stmt)
+
+    async def stats(self) -> dict[str, ArticleStats]:
+        rows = await self.session.execute(select(ArticleStats))
+        return {row.article_id: row for row in rows.scalars()}
+
+    async def refused(
+        self,
+        query: str,
+        *,
+        now: datetime,
+        conversation_id: int | None,
+        best_article_id: str | None,
+        best_confidence: float | None,
+    ) -> None:
+        self.session.add(
+            RefusedQuery(
+                query=query[:2000],
+                at=now,
+                conversation_id=conversation_id,
+                best_article_id=best_article_id,
+                best_confidence=best_confidence,
+            )
+        )
+        await self.session.flush()
+
+    async def refused_queries(self, *, limit: int = 100) -> list[RefusedQuery]:
+        rows = await self.session.execute(
+            select(RefusedQuery).order_by(RefusedQuery.id.desc()).limit(limit)
+        )
+        return list(rows.scalars())
+
+
+class Alerts:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def raise_alert(
+        self,
+        kind: str,
+        summary: str,
+        *,
+        now: datetime,
+        conversation_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Alert:
+        alert = Alert(
+            kind=kind, summary=summary, conversation_id=conversation_id, detail=detail or {}, at=now
+        )
+        self.session.add(alert)
+        await self.session.flush()
+        return alert
+
+    async def recent(self, *, kind: str | None = None, limit: int = 50) -> list[Alert]:
+        stmt = select(Alert)
+        if kind:
+            stmt = stmt.where(Alert.kind == kind)
+        rows = await self.session.execute(stmt.order_by(Alert.id.desc()).limit(limit))
+        return list(rows.scalars())

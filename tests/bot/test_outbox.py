@@ -1,0 +1,147 @@
+"""The outbox dispatcher: retry with backoff, a visible failed state, rate limits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from bot.errors import PermanentError, RateLimited
+from bot.types import Delivery, Outbound
+from storage.models import Alert, OutboxRow
+from tests.conftest import Desk
+
+
+class Flaky:
+    """A channel whose next sends raise what the test queues up."""
+
+    kind = "flaky"
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.sent: list[Outbound] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, outbound: Outbound) -> Delivery:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.sent.append(outbound)
+        return Delivery(platform_id=f"flaky-{len(self.sent)}")
+
+
+async def _enqueue(desk: Desk, channel: str = "flaky") -> int:
+    from storage.repositories import Outbox
+
+    async with desk.core.db.transaction() as session:
+        row = await Outbox(session).enqueue(
+            channel=channel,
+            payload=Outbound(channel=channel, address={"to": "x"}, markdown="hello").to_json(),
+            now=desk.clock.now(),
+        )
+        return row.id
+
+
+async def _row(desk: Desk, row_id: int) -> OutboxRow:
+    async with desk.core.db.read() as session:
+        row = await session.get(OutboxRow, row_id)
+        assert row is not None
+        return row
+
+
+async def test_transient_errors_are_retried_with_backoff(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    flaky.errors = [ConnectionError("reset"), ConnectionError("reset")]
+    row_id = await _enqueue(desk)
+    await desk.core.dispatcher.run_once()
+    row = await _row(desk, row_id)
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.next_attempt_at > desk.clock.now()
+    # not due yet: nothing happens
+    assert await desk.core.dispatcher.run_once() == 0
+    desk.clock.advance(seconds=10)
+    await desk.core.dispatcher.run_once()
+    desk.clock.advance(seconds=10)
+    await desk.core.dispatcher.run_once()
+    row = await _row(desk, row_id)
+    assert (row.status, row.attempts, row.platform_id) == ("sent", 3, "flaky-1")
+    assert len(flaky.sent) == 1
+
+
+async def test_gives_up_after_max_attempts_visibly(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    flaky.errors = [ConnectionError("down")] * 20
+    row_id = await _enqueue(desk)
+    for _ in range(desk.core.dispatcher.policy.max_attempts):
+        await desk.core.dispatcher.run_once()
+        desk.clock.advance(seconds=700)
+    row = await _row(desk, row_id)
+    assert row.status == "failed"
+    assert row.attempts == desk.core.dispatcher.policy.max_attempts
+    async with desk.core.db.read() as session:
+        alerts = list((await session.execute(select(Alert))).scalars())
+    assert [a.kind for a in alerts] == ["delivery_failed"]
+
+
+async def test_permanent_error_fails_at_once(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    flaky.errors = [PermanentError("550 no such user")]
+    row_id = await _enqueue(desk)
+    await desk.core.dispatcher.run_once()
+    row = await _row(desk, row_id)
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert "550" in (row.last_error or "")
+
+
+async def test_rate_limit_pauses_the_channel_without_spending_attempts(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    flaky.errors = [RateLimited("429", retry_after=7)]
+    first = await _enqueue(desk)
+    second = await _enqueue(desk)
+    await desk.core.dispatcher.run_once()
+    rows = [await _row(desk, first), await _row(desk, second)]
+    assert all(r.status == "pending" and r.attempts == 0 for r in rows)
+    assert all(r.next_attempt_at >= desk.clock.now() + timedelta(seconds=6) for r in rows)
+    desk.clock.advance(seconds=6)
+    assert await desk.core.dispatcher.run_once() == 0  # still paused
+    desk.clock.advance(seconds=2)
+    await desk.core.dispatcher.run_once()
+    assert len(flaky.sent) == 2
+
+
+async def test_unknown_channel_fails_visibly(desk: Desk) -> None:
+    row_id = await _enqueue(desk, channel="nowhere")
+    await desk.core.dispatcher.run_once()
+    assert (await _row(desk, row_id)).status == "failed"
+
+
+async def test_token_bucket_limits_a_channel(desk: Desk) -> None:
+    flaky = Flaky()
+    flaky.rate_per_second = 200.0  # type: ignore[attr-defined]
+    flaky.rate_burst = 1.0  # type: ignore[attr-defined]
+    desk.core.registry.add(flaky)
+    for _ in range(5):
+        await _enqueue(desk)
+    import time
+
+    started = time.monotonic()
+    await desk.core.dispatcher.run_once()
+    # 5 sends at 200/s with a burst of 1 need at least 4 refills of 5 ms
+    assert time.monotonic() - started >= 0.018
+    assert len(flaky.sent) == 5
+
+
+def test_backoff_grows_with_jitter_and_respects_retry_after(desk: Desk) -> None:
+    dispatcher = desk.core.dispatcher
+    delays = [dispatcher.backoff(n) for n in range(1, 8)]
+    ceilings = [min(0.05, 0.01 * 2 ** (n - 1)) for n in range(1, 8)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert dispatcher.backoff(1, retry_after=30) == 30
