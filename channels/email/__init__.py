@@ -1,0 +1,1 @@
+"""The email channel: parsing, classification, reply stripping, threading tokens."""
