@@ -137,6 +137,36 @@ class AgentDesk:
             )
             return await Agents(session).add(agent)
 
+    async def ensure_external_agent(
+        self, *, channel: str, external_id: str, display_name: str | None
+    ) -> Agent:
+        """The agent behind a platform user who is configured as an agent (Slack).
+
+        Created on first use, with no password (no console login) and no groups, which
+        means every group; an administrator can narrow it with ``deskbot agent``.
+        """
+        if channel != "slack":
+            raise ValueError(f"no external agents for channel {channel!r}")
+        async with self.db.transaction() as session:
+            agents = Agents(session)
+            agent = await agents.by_slack_user(external_id)
+            if agent is not None:
+                return agent
+            now = self.clock.now()
+            return await agents.add(
+                Agent(
+                    username=f"slack:{external_id}",
+                    display_name=display_name or external_id,
+                    password_hash=None,
+                    groups=[],
+                    is_lead=False,
+                    active=True,
+                    slack_user_id=external_id,
+                    credentials_changed_at=now,
+                    created_at=now,
+                )
+            )
+
     async def authenticate(self, username: str, password: str) -> Agent | None:
         async with self.db.read() as session:
             agent = await Agents(session).by_username(username)

@@ -23,6 +23,7 @@ from bot.agents import AgentDesk
 from bot.catalog import Catalog
 from bot.clock import Clock, SystemClock
 from bot.events import EventBus
+from bot.inbox import Inbox, InboxWorker
 from bot.manager import AgentSurface, ConversationManager
 from bot.outbox import OutboxDispatcher, OutboxPolicy
 from bot.ports import Channel, ChannelRegistry
@@ -53,6 +54,7 @@ class Core:
     manager: ConversationManager
     agents: AgentDesk
     tickets: TicketDesk
+    inbox: Inbox
     surfaces: list[AgentSurface] = field(default_factory=list)
 
     async def health(self) -> dict[str, Any]:
@@ -128,6 +130,8 @@ def build_core(
         manager=manager,
         agents=agents,
         tickets=tickets,
+        inbox=Inbox(db, clock),
+        surfaces=manager.surfaces,
     )
 
 
@@ -140,6 +144,7 @@ class Runtime:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._started: list[Any] = []
         self.http: Any = None
+        self.inbox_worker = InboxWorker(self.core.inbox, self.core.manager.handle)
 
     def _channels(self) -> list[Channel]:
         return build_channels(self.core)
@@ -161,6 +166,8 @@ class Runtime:
                 self._started.append(channel)
             await self.core.dispatcher.start()
             self._started.append(self.core.dispatcher)
+            await self.inbox_worker.start()
+            self._started.append(self.inbox_worker)
             self._schedule()
             self.scheduler.start()
         except BaseException:

@@ -38,11 +38,16 @@ class Router(Protocol):
 
 
 class AgentSurface(Protocol):
-    """Somewhere agents work (the Slack triage channel): told about relayed messages.
+    """Somewhere agents work outside the console (the Slack triage channel).
 
-    Returns outbound messages to queue (a post into the escalation's thread); the web
-    console needs none, it follows the event bus.
+    Called inside the manager's transaction; what it returns is queued in the outbox with
+    everything else, so an escalation card or a relayed message is never lost. The web
+    console needs no surface: it reads the database and follows the event bus.
     """
+
+    async def escalated(
+        self, session: AsyncSession, conversation: Conversation, person: Person, reason: str
+    ) -> list[Outbound]: ...
 
     async def relay(
         self, session: AsyncSession, conversation: Conversation, person: Person, message: Message
@@ -181,6 +186,18 @@ class ConversationManager:
             message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
             replies = await self._guard_loops(session, turn)
             outbox_ids = []
+            if turn.escalation is not None:
+                for surface in self.surfaces:
+                    for outbound in await surface.escalated(
+                        session, conversation, person, turn.escalation
+                    ):
+                        row = await Outbox(session).enqueue(
+                            channel=outbound.channel,
+                            payload=outbound.to_json(),
+                            now=now,
+                            conversation_id=conversation.id,
+                        )
+                        outbox_ids.append(row.id)
             for reply in replies:
                 out_message, row = await enqueue_reply(session, conversation, reply, now=now)
                 outbox_ids.append(row.id)

@@ -882,6 +882,7 @@ class DeskRouter:
             notes = dict(conversation.notes or {})
             notes["escalation_reason"] = why
             conversation.notes = notes
+            turn.escalation = why
             from bot.events import ConversationEvent
 
             turn.after_commit.append(

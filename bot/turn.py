@@ -43,6 +43,7 @@ class Turn:
     route: str = "unrouted"
     reason: str = ""
     after_commit: list[Any] = field(default_factory=list)
+    escalation: str | None = None  # set when this turn queued the conversation for agents
 
     @property
     def text(self) -> str:

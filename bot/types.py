@@ -86,6 +86,65 @@ class Inbound:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
+def inbound_to_json(inbound: Inbound) -> dict[str, Any]:
+    """A JSON-safe form of an Inbound for the durable inbox (attachment bytes dropped)."""
+    return {
+        "channel": inbound.channel,
+        "external_id": inbound.external_id,
+        "sender": {
+            "external_id": inbound.sender.external_id,
+            "display_name": inbound.sender.display_name,
+            "email": inbound.sender.email,
+            "email_verified": inbound.sender.email_verified,
+            "is_bot": inbound.sender.is_bot,
+        },
+        "text": inbound.text,
+        "thread_key": inbound.thread_key,
+        "received_at": inbound.received_at.isoformat() if inbound.received_at else None,
+        "reply_to": dict(inbound.reply_to),
+        "button": inbound.button,
+        "ticket_hint": inbound.ticket_hint,
+        "alt_ids": list(inbound.alt_ids),
+        "references": list(inbound.references),
+        "kind": inbound.kind,
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in inbound.attachments
+        ],
+        "meta": dict(inbound.meta),
+    }
+
+
+def inbound_from_json(data: Mapping[str, Any]) -> Inbound:
+    sender = data["sender"]
+    received = data.get("received_at")
+    return Inbound(
+        channel=data["channel"],
+        external_id=data["external_id"],
+        sender=Sender(
+            external_id=sender["external_id"],
+            display_name=sender.get("display_name"),
+            email=sender.get("email"),
+            email_verified=bool(sender.get("email_verified")),
+            is_bot=bool(sender.get("is_bot")),
+        ),
+        text=data.get("text", ""),
+        thread_key=data["thread_key"],
+        received_at=datetime.fromisoformat(received) if received else None,
+        reply_to=dict(data.get("reply_to") or {}),
+        button=data.get("button"),
+        ticket_hint=data.get("ticket_hint"),
+        alt_ids=tuple(data.get("alt_ids") or ()),
+        references=tuple(data.get("references") or ()),
+        kind=data.get("kind", "message"),
+        attachments=tuple(
+            Attachment(a["filename"], a["content_type"], int(a["size"]))
+            for a in data.get("attachments") or ()
+        ),
+        meta=dict(data.get("meta") or {}),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Button:
     """A choice offered to the person; ``value`` comes back as ``Inbound.button``."""

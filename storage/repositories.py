@@ -714,3 +714,63 @@ class Alerts:
             stmt = stmt.where(Alert.kind == kind)
         rows = await self.session.execute(stmt.order_by(Alert.id.desc()).limit(limit))
         return list(rows.scalars())
+
+
+class Inbox:
+    """Inbound messages accepted fast and handled later, with retry."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def accept(
+        self, *, channel: str, external_id: str, payload: dict[str, Any], now: datetime
+    ) -> bool:
+        """Store for handling; False when this (channel, external id) was already accepted."""
+        from storage.models import InboxRow
+
+        new_id = await insert_ignore(
+            self.session,
+            InboxRow,
+            {
+                "channel": channel,
+                "external_id": external_id,
+                "payload": payload,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            },
+            ("channel", "external_id"),
+        )
+        return new_id is not None
+
+    async def claim_due(self, now: datetime, *, lease: timedelta, limit: int) -> list[Any]:
+        from storage.models import InboxRow
+
+        stmt = (
+            select(InboxRow)
+            .where(
+                or_(
+                    and_(InboxRow.status == "pending", InboxRow.next_attempt_at <= now),
+                    and_(InboxRow.status == "handling", InboxRow.claimed_until < now),
+                )
+            )
+            .order_by(InboxRow.id)
+            .limit(limit)
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = list((await self.session.execute(stmt)).scalars())
+        for row in rows:
+            row.status = "handling"
+            row.claimed_until = now + lease
+        await self.session.flush()
+        return rows
+
+    async def count_by_status(self) -> dict[str, int]:
+        from storage.models import InboxRow
+
+        rows = await self.session.execute(
+            select(InboxRow.status, func.count(InboxRow.id)).group_by(InboxRow.status)
+        )
+        return {status: int(count) for status, count in rows.all()}

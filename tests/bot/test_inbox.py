@@ -1,0 +1,57 @@
+"""The durable inbox (R7, R8): accept fast, handle later, retry failures, never lose."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.inbox import InboxWorker
+from bot.types import HandleResult, Inbound, inbound_from_json, inbound_to_json
+from storage.models import Alert, InboxRow
+from tests.conftest import Desk
+
+
+async def test_inbound_round_trips_through_json(desk: Desk) -> None:
+    inbound = desk.inbound("hello", email="a@example.com")
+    assert inbound_from_json(inbound_to_json(inbound)) == inbound
+
+
+async def test_accepted_twice_handled_once(desk: Desk) -> None:
+    inbound = desk.inbound("hi")
+    assert await desk.core.inbox.accept(inbound)
+    assert not await desk.core.inbox.accept(inbound)
+    worker = InboxWorker(desk.core.inbox, desk.core.manager.handle)
+    assert await worker.run_once() == 1
+    assert await worker.run_once() == 0
+    assert len(await desk.delivered()) == 1
+
+
+async def test_a_failing_handler_is_retried_then_marked_failed(desk: Desk) -> None:
+    calls: list[str] = []
+
+    async def flaky(inbound: Inbound) -> HandleResult:
+        calls.append(inbound.external_id)
+        if len(calls) < 3:
+            raise RuntimeError("database hiccup")
+        return await desk.core.manager.handle(inbound)
+
+    await desk.core.inbox.accept(desk.inbound("hi"))
+    worker = InboxWorker(desk.core.inbox, flaky, base_backoff=0.001)
+    for _ in range(3):
+        await worker.run_once()
+        desk.clock.advance(seconds=1)
+    assert len(calls) == 3
+    assert len(await desk.delivered()) == 1
+
+    async def broken(inbound: Inbound) -> HandleResult:
+        raise RuntimeError("always")
+
+    await desk.core.inbox.accept(desk.inbound("second"))
+    worker = InboxWorker(desk.core.inbox, broken, max_attempts=2, base_backoff=0.001)
+    for _ in range(3):
+        await worker.run_once()
+        desk.clock.advance(seconds=1)
+    async with desk.core.db.read() as session:
+        statuses = sorted(r.status for r in (await session.execute(select(InboxRow))).scalars())
+        alerts = [a.kind for a in (await session.execute(select(Alert))).scalars()]
+    assert statuses == ["done", "failed"]
+    assert alerts == ["inbound_failed"]
