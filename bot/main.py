@@ -76,11 +76,13 @@ def build_core(
     database: Database | None = None,
     policy: OutboxPolicy | None = None,
     fault_hook: Any = None,
+    knowledge: KnowledgeBase | None = None,
 ) -> Core:
     clock = clock or SystemClock()
     db = database or Database(settings.resolved_database_url)
     catalog = Catalog.load(settings.catalog)
-    knowledge = KnowledgeBase.load(settings.kb_dir) if settings.kb_dir else None
+    if knowledge is None and settings.kb_dir:
+        knowledge = KnowledgeBase.load(settings.kb_dir)
     if knowledge is not None:
         for error in knowledge.errors:
             logger.warning("kb.article.error %s", error)

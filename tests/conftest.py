@@ -25,6 +25,7 @@ from bot.outbox import OutboxPolicy
 from bot.settings import SAMPLE_CATALOG, SAMPLE_KB_DIR, Settings
 from bot.types import Inbound, Outbound, Sender
 from channels.memory import MemoryChannel
+from knowledge import KnowledgeBase
 from storage.db import Database
 from storage.migrate import upgrade
 
@@ -201,13 +202,20 @@ def buttons_of(replies: list[Outbound]) -> list[str]:
     return [b.value for r in replies for b in r.buttons]
 
 
+@pytest.fixture(scope="session")
+def sample_kb() -> KnowledgeBase:
+    """The sample knowledge base, loaded once per test process (tests do not change it)."""
+    return KnowledgeBase.load(SAMPLE_KB_DIR)
+
+
 @pytest.fixture
-async def desk(database: Database, tmp_path: Path) -> AsyncIterator[Desk]:
+async def desk(database: Database, tmp_path: Path, sample_kb: KnowledgeBase) -> AsyncIterator[Desk]:
     clock = ManualClock()
     core = build_core(
         make_settings(tmp_path),
         clock=clock,
         database=database,
+        knowledge=sample_kb,
         policy=OutboxPolicy(base_backoff=0.01, max_backoff=0.05, poll_seconds=0.05),
     )
     channel = MemoryChannel()
