@@ -23,6 +23,7 @@ from bot.agents import AgentDesk
 from bot.catalog import Catalog
 from bot.clock import Clock, SystemClock
 from bot.events import EventBus
+from bot.history import ConversationReader
 from bot.inbox import Inbox, InboxWorker
 from bot.manager import AgentSurface, ConversationManager
 from bot.outbox import OutboxDispatcher, OutboxPolicy
@@ -216,6 +217,8 @@ def build_channels(core: Core) -> list[Channel]:
     from channels.webchat import WebChatChannel
 
     channels.append(WebChatChannel())
+    if core.settings.slack_enabled:  # Slack (channels/slack): requesters and triage
+        channels.append(_slack(core))
     return channels
 
 
@@ -234,7 +237,7 @@ def http_routers(core: Core) -> list[Any]:
         handle=core.manager.handle,
         agents=core.agents,
         events=core.events,
-        database=core.db,
+        reader=ConversationReader(core.db),
     )
 
 

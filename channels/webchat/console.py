@@ -1,0 +1,371 @@
+"""The agent console: login, queue, context card, claim, reply, note, hand back, resolve,
+and live updates over ``WS /agent/ws`` driven by the core's event bus.
+
+Sessions are a signed cookie (itsdangerous) naming the agent and the time their
+credentials last changed, so a password change or a deactivation ends every session at the
+next request and every open socket within ``recheck_seconds``. Every POST needs the CSRF
+token (a header, compared with the one in the signed cookie) and a same-origin ``Origin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import HTTPConnection
+
+from bot.agents import Agent, AgentActionRefused, AgentDesk
+from bot.events import EventBus
+from channels.webchat.guards import RateLimiter, origin_allowed
+from channels.webchat.pages import SECURITY_HEADERS, html_page
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SESSION_COOKIE = "deskbot_agent"
+LOGIN_COOKIE = "deskbot_login"
+CSRF_HEADER = "x-csrf-token"
+SESSION_SECONDS = 12 * 3600
+MAX_REPLY_CHARS = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSession:
+    agent: Agent
+    csrf: str
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+def _stamp(agent: Agent) -> str:
+    return agent.credentials_changed_at.isoformat()
+
+
+def console_router(
+    *,
+    agents: AgentDesk,
+    events: EventBus,
+    secret_key: str,
+    secure_cookies: bool = False,
+    recheck_seconds: float = 2.0,
+    public_origins: tuple[str, ...] = (),
+) -> APIRouter:
+    """The console's pages, JSON API and live socket."""
+    router = APIRouter(prefix="/agent", tags=["agent console"])
+    sessions = URLSafeTimedSerializer(secret_key, salt="deskbot.agent.session")
+    logins = URLSafeTimedSerializer(secret_key, salt="deskbot.agent.login")
+    login_limiter = RateLimiter(10, burst=5)
+
+    def cookie_args() -> dict[str, Any]:
+        return {"httponly": True, "samesite": "strict", "secure": secure_cookies, "path": "/agent"}
+
+    async def current(connection: HTTPConnection) -> AgentSession | None:
+        raw = connection.cookies.get(SESSION_COOKIE)
+        if not raw:
+            return None
+        try:
+            data = sessions.loads(raw, max_age=SESSION_SECONDS)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("a"), int):
+            return None
+        agent = await agents.get_agent(data["a"])
+        if agent is None or not agent.active or _stamp(agent) != data.get("c"):
+            return None
+        return AgentSession(agent=agent, csrf=str(data.get("x", "")))
+
+    def refused(status: int, message: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": message}, status_code=status, headers={"Cache-Control": "no-store"}
+        )
+
+    def same_origin(request: Request) -> bool:
+        # the server's own origin, or its public URL when a TLS proxy sits in front
+        return origin_allowed(request, public_origins)
+
+    async def guarded(request: Request) -> AgentSession | JSONResponse:
+        """A POST's agent session, after the Origin and CSRF checks."""
+        if not same_origin(request):
+            return refused(403, "cross-origin request refused")
+        session = await current(request)
+        if session is None:
+            return refused(401, "not logged in")
+        given = request.headers.get(CSRF_HEADER, "")
+        if not session.csrf or not hmac.compare_digest(given, session.csrf):
+            return refused(403, "missing or wrong CSRF token")
+        return session
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw or len(raw) > 64 * 1024:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # pages and static files ----------------------------------------------------------
+
+    @router.get("", include_in_schema=False)
+    async def console_page() -> Response:
+        response = html_page(STATIC_DIR / "console.html")
+        response.set_cookie(LOGIN_COOKIE, logins.dumps(secrets.token_urlsafe(24)), **cookie_args())
+        return response
+
+    @router.get("/static/{name}", include_in_schema=False)
+    async def console_static(name: str) -> Response:
+        types = {
+            "console.js": "text/javascript; charset=utf-8",
+            "console.css": "text/css; charset=utf-8",
+        }
+        if name not in types:
+            return refused(404, "not found")
+        return FileResponse(
+            STATIC_DIR / name,
+            media_type=types[name],
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+        )
+
+    # login ------------------------------------------------------------------------------
+
+    @router.get("/api/login-token")
+    async def login_token(request: Request) -> Response:
+        """The CSRF token the login form sends back (double submit, signed)."""
+        raw = request.cookies.get(LOGIN_COOKIE)
+        token: object = None
+        if raw:
+            try:
+                token = logins.loads(raw, max_age=3600)
+            except BadSignature:
+                token = None
+        fresh = not isinstance(token, str)
+        csrf = secrets.token_urlsafe(24) if fresh else str(token)
+        response = JSONResponse({"csrf": csrf}, headers={"Cache-Control": "no-store"})
+        if fresh:
+            response.set_cookie(LOGIN_COOKIE, logins.dumps(csrf), **cookie_args())
+        return response
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        if not same_origin(request):
+            return refused(403, "cross-origin request refused")
+        raw = request.cookies.get(LOGIN_COOKIE)
+        try:
+            expected = logins.loads(raw or "", max_age=3600)
+        except BadSignature:
+            expected = None
+        given = request.headers.get(CSRF_HEADER, "")
+        if not isinstance(expected, str) or not hmac.compare_digest(given, expected):
+            return refused(403, "missing or wrong CSRF token")
+        client = request.client.host if request.client else "unknown"
+        if not login_limiter.allow(client):
+            return refused(429, "too many attempts, wait a minute")
+        body = await body_of(request)
+        username = str(body.get("username") or "")[:100]
+        password = str(body.get("password") or "")[:1000]
+        agent = await agents.authenticate(username, password) if username and password else None
+        if agent is None:
+            logger.info("console.login.failed")
+            return refused(401, "wrong username or password")
+        csrf = secrets.token_urlsafe(24)
+        response = JSONResponse({"ok": True, "csrf": csrf}, headers={"Cache-Control": "no-store"})
+        cookie = sessions.dumps({"a": agent.id, "c": _stamp(agent), "x": csrf})
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, **cookie_args())
+        response.delete_cookie(LOGIN_COOKIE, path="/agent")
+        logger.info("console.login agent=%s", agent.id)
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        session = await guarded(request)
+        if isinstance(session, JSONResponse):
+            return session
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(SESSION_COOKIE, path="/agent")
+        return response
+
+    # the API the console page uses ----------------------------------------------------------
+
+    @router.get("/api/me")
+    async def me(request: Request) -> Response:
+        session = await current(request)
+        if session is None:
+            return refused(401, "not logged in")
+        agent = session.agent
+        return JSONResponse(
+            {
+                "agent": {
+                    "id": agent.id,
+                    "username": agent.username,
+                    "name": agent.display_name,
+                    "groups": list(agent.groups or []),
+                    "lead": bool(agent.is_lead),
+                },
+                "csrf": session.csrf,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @router.get("/api/queue")
+    async def queue(request: Request) -> Response:
+        session = await current(request)
+        if session is None:
+            return refused(401, "not logged in")
+        rows = await agents.queue(session.agent)
+        items = [
+            {
+                "id": c.id,
+                "channel": c.channel,
+                "state": c.state,
+                "agent_id": c.agent_id,
+                "mine": c.agent_id == session.agent.id,
+                "group": c.agent_group,
+                "reason": (c.notes or {}).get("escalation_reason"),
+                "flagged": c.flagged,
+                "updated_at": c.updated_at.isoformat(),
+            }
+            for c in rows
+        ]
+        return JSONResponse({"queue": items}, headers={"Cache-Control": "no-store"})
+
+    @router.get("/api/conversations/{conversation_id}")
+    async def context(request: Request, conversation_id: int) -> Response:
+        session = await current(request)
+        if session is None:
+            return refused(401, "not logged in")
+        try:
+            card = await agents.context(conversation_id, session.agent)
+        except AgentActionRefused:
+            return refused(404, "not found")
+        return JSONResponse(_json(asdict(card)), headers={"Cache-Control": "no-store"})
+
+    Action = Callable[[AgentSession, int, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+    def action(path: str, run: Action) -> None:
+        async def endpoint(request: Request, conversation_id: int) -> Response:
+            session = await guarded(request)
+            if isinstance(session, JSONResponse):
+                return session
+            body = await body_of(request)
+            try:
+                result = await run(session, conversation_id, body)
+            except AgentActionRefused as exc:
+                status = 404 if str(exc) == "not found" else 409
+                return refused(status, str(exc))
+            return JSONResponse({"ok": True, **result})
+
+        endpoint.__name__ = f"console_{path.replace('-', '_')}"
+        router.add_api_route(
+            f"/api/conversations/{{conversation_id}}/{path}", endpoint, methods=["POST"]
+        )
+
+    async def do_claim(session: AgentSession, cid: int, body: dict[str, Any]) -> dict[str, Any]:
+        won = await agents.claim(cid, session.agent)
+        if not won:
+            raise AgentActionRefused("someone else claimed it first")
+        return {}
+
+    def text_of(body: dict[str, Any]) -> str:
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise AgentActionRefused("empty message")
+        if len(text) > MAX_REPLY_CHARS:
+            raise AgentActionRefused(f"message longer than {MAX_REPLY_CHARS} characters")
+        return text
+
+    async def do_reply(session: AgentSession, cid: int, body: dict[str, Any]) -> dict[str, Any]:
+        message_id = await agents.reply(cid, session.agent, text_of(body))
+        return {"message_id": message_id}
+
+    async def do_note(session: AgentSession, cid: int, body: dict[str, Any]) -> dict[str, Any]:
+        message_id = await agents.reply(cid, session.agent, text_of(body), private=True)
+        return {"message_id": message_id}
+
+    async def do_hand_back(session: AgentSession, cid: int, body: dict[str, Any]) -> dict[str, Any]:
+        await agents.hand_back(cid, session.agent)
+        return {}
+
+    async def do_resolve(session: AgentSession, cid: int, body: dict[str, Any]) -> dict[str, Any]:
+        note = body.get("note")
+        await agents.resolve(cid, session.agent, note=note if isinstance(note, str) else None)
+        return {}
+
+    action("claim", do_claim)
+    action("reply", do_reply)
+    action("note", do_note)
+    action("hand-back", do_hand_back)
+    action("resolve", do_resolve)
+
+    # live updates ----------------------------------------------------------------------------
+
+    @router.websocket("/ws")
+    async def live(websocket: WebSocket) -> None:
+        if not origin_allowed(websocket, public_origins):
+            await websocket.close(code=4403)
+            return
+        session = await current(websocket)
+        if session is None:
+            await websocket.close(code=4401)
+            return
+        await websocket.accept()
+        async with events.subscribe() as inbox:
+            async with asyncio.TaskGroup() as group:
+                pump = group.create_task(_pump(websocket, inbox, session))
+                group.create_task(_until_disconnect(websocket, pump))
+
+    async def _until_disconnect(websocket: WebSocket, pump: asyncio.Task[None]) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+        pump.cancel()
+
+    async def _pump(websocket: WebSocket, inbox: asyncio.Queue[Any], session: AgentSession) -> None:
+        try:
+            await websocket.send_json({"type": "hello", "agent": session.agent.id})
+            while True:
+                try:
+                    event = await asyncio.wait_for(inbox.get(), timeout=recheck_seconds)
+                except TimeoutError:
+                    event = None
+                if await current(websocket) is None:
+                    logger.info("console.ws.session_ended agent=%s", session.agent.id)
+                    await websocket.send_json({"type": "session_ended"})
+                    await websocket.close(code=4401)
+                    return
+                if event is None:
+                    continue
+                if event.kind == "alert" and not session.agent.is_lead:
+                    continue
+                await websocket.send_json(
+                    {"type": "event", "kind": event.kind, "conversation_id": event.conversation_id}
+                )
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+    return router
+
+
+__all__ = ["SECURITY_HEADERS", "console_router"]
