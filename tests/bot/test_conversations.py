@@ -224,3 +224,55 @@ async def test_vip_uplift_is_recorded(desk: Desk) -> None:
         ticket = (await session.execute(select(Ticket))).scalar_one()
     assert ticket.vip_uplift and ticket.priority == 2
     assert "VIP" in ticket.priority_reason
+
+
+async def test_incidents_link_to_a_problem_with_a_logged_event(desk: Desk) -> None:
+    from bot.tickets import NewTicket
+    from storage.models import Person
+
+    number = await _open_incident(desk)
+    async with desk.core.db.transaction() as session:
+        incident = await Tickets(session).by_number(number)
+        assert incident is not None
+        requester = await session.get(Person, incident.requester_id)
+        assert requester is not None
+        problem = await desk.core.tickets.open(
+            session,
+            NewTicket(kind="problem", title="VPN gateway drops long sessions", description=""),
+            requester=requester,
+            conversation=None,
+            now=desk.clock.now(),
+            actor_kind="agent",
+        )
+        problem.known_error = True
+        await desk.core.tickets.link_to_problem(
+            session, incident, problem, now=desk.clock.now(), actor_id=None
+        )
+        problem_number, problem_id = problem.number, problem.id
+    assert problem_number.startswith("PRB-")
+    incident = await _ticket(desk, number)
+    assert incident.problem_id == problem_id
+    async with desk.core.db.read() as session:
+        events = await Tickets(session).events(incident.id)
+    linked = [e for e in events if e.action == "linked_to_problem"]
+    assert linked and linked[0].detail == {"problem": problem_number, "known_error": True}
+    assert not linked[0].public
+
+
+async def test_an_active_outage_answers_and_subscribes(desk: Desk) -> None:
+    from storage.models import Outage
+
+    async with desk.core.db.transaction() as session:
+        session.add(
+            Outage(
+                service="vpn",
+                title="VPN gateway down in Europe",
+                status="active",
+                message="Next update by 11:00.",
+                started_at=desk.clock.now(),
+            )
+        )
+    replies = await desk.say("my vpn does not connect at all")
+    text = text_of(replies)
+    assert "Known outage: VPN gateway down in Europe" in text and "Next update" in text
+    assert "already subscribed" in text_of(await desk.say("subscribe me to vpn notices"))
