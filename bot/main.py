@@ -217,13 +217,45 @@ def build_channels(core: Core) -> list[Channel]:
     from channels.webchat import WebChatChannel
 
     channels.append(WebChatChannel())
-    if core.settings.slack_enabled:  # Slack (channels/slack): requesters and triage
-        channels.append(_slack(core))
+    if core.settings.email_enabled:  # email (channels/email): IMAP in, SMTP out
+        from channels.email.adapter import EmailChannel
+        from channels.email.imap import ImapSettings
+        from channels.email.smtp import SmtpSettings
+
+        es = core.settings
+        channels.append(
+            EmailChannel(
+                desk_address=es.email_address or "",
+                secret=es.ensure_secret_key(),
+                imap=ImapSettings(
+                    host=es.imap_host or "",
+                    port=es.imap_port,
+                    user=es.imap_user or es.email_address or "",
+                    password=es.imap_password.get_secret_value() if es.imap_password else "",
+                    ssl=es.imap_ssl,
+                    starttls=es.imap_starttls,
+                    folder=es.imap_folder,
+                    processed_folder=es.imap_processed_folder or None,
+                    failed_folder=es.imap_failed_folder or None,
+                    poll_seconds=es.imap_poll_seconds,
+                ),
+                smtp=SmtpSettings(
+                    host=es.smtp_host or "",
+                    port=es.smtp_port,
+                    user=es.smtp_user,
+                    password=es.smtp_password.get_secret_value() if es.smtp_password else None,
+                    ssl=es.smtp_ssl,
+                    starttls=es.smtp_starttls,
+                ),
+                handle=core.manager.handle,
+            )
+        )
     return channels
 
 
 def http_routers(core: Core) -> list[Any]:
     """Routers the enabled web-facing channels contribute to the one HTTP server."""
+    from bot.reports import DeskReports
     from channels.webchat import WebChatChannel
     from channels.webchat.app import web_routers
 
@@ -231,14 +263,21 @@ def http_routers(core: Core) -> list[Any]:
     if not isinstance(webchat, WebChatChannel):
         webchat = WebChatChannel()
         core.registry.add(webchat)
-    return web_routers(
-        settings=core.settings,
-        channel=webchat,
-        handle=core.manager.handle,
-        agents=core.agents,
-        events=core.events,
-        reader=ConversationReader(core.db),
+    routers = list(
+        web_routers(
+            settings=core.settings,
+            channel=webchat,
+            handle=core.manager.handle,
+            agents=core.agents,
+            events=core.events,
+            reader=ConversationReader(core.db),
+            reports=DeskReports(core.db, catalog=core.catalog, knowledge=core.knowledge),
+        )
     )
+    slack = core.registry.get("slack")  # Slack in HTTP mode: POST /slack/events
+    if slack is not None and not core.settings.slack_app_token:
+        routers.append(slack.router())  # type: ignore[attr-defined]
+    return routers
 
 
 # --------------------------------------------------------------------------------------
@@ -292,9 +331,38 @@ async def _serve(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     await runtime.start()
-    url = f"http://{settings.http_host}:{runtime.http.port}"
+    host = "127.0.0.1" if settings.http_host in ("", "0.0.0.0", "::") else settings.http_host
+    url = f"http://{host}:{runtime.http.port}"
+    shown = (settings.public_url or url).rstrip("/")
     logger.info("deskbot.started url=%s channels=%s", url, ",".join(runtime.core.registry.kinds()))
-    typer.echo(f"deskbot is listening on {url} (health: {url}/healthz). Ctrl-C stops it.")
+    typer.echo(f"deskbot is listening on {url}. Ctrl-C stops it.")
+    for label, path in (
+        ("demo page", "/"),
+        ("agent console", "/agent"),
+        ("API docs", "/api/docs"),
+        ("health", "/healthz"),
+    ):
+        typer.echo(f"  {label:<14} {shown}{path}")
+    if settings.demo:
+        import secrets
+
+        from sqlalchemy.exc import IntegrityError
+
+        from bot.reports import count_agents
+
+        if await count_agents(runtime.core.db) == 0:
+            password = secrets.token_urlsafe(12)
+            try:
+                await runtime.core.agents.add_agent(
+                    "demo", password=password, display_name="Demo Agent", is_lead=True
+                )
+            except IntegrityError:  # another node created it first
+                logger.info("deskbot.demo_agent.exists")
+            else:
+                typer.echo(
+                    f"  demo agent     username demo, password {password} "
+                    "(shown only this once; `deskbot agent add` creates real agents)"
+                )
     await stop.wait()
     logger.info("deskbot.stopping")
     await runtime.stop()

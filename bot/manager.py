@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
+from bot.errors import TransientError
 from bot.events import ConversationEvent, EventBus
 from bot.outgoing import enqueue_reply
 from bot.turn import Reply, Turn
@@ -92,7 +94,12 @@ class ConversationManager:
     async def handle(self, inbound: Inbound) -> HandleResult:
         """Handle one inbound message exactly once; a repeat is recognised and dropped."""
         async with self._lock(inbound):
-            result, events = await self._handle_locked(inbound)
+            try:
+                result, events = await self._handle_locked(inbound)
+            except (OperationalError, InterfaceError) as exc:
+                # the database is unreachable or busy: the caller should retry later, and
+                # must not count this against the message (a poller would quarantine it)
+                raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
         for event in events:
             self.events.publish(event)
         if result.outbox_ids and self._on_enqueued is not None:
@@ -144,6 +151,7 @@ class ConversationManager:
                     status="kept",
                     reason=reason,
                     message_id=message.id,
+                    alt_ids=inbound.alt_ids,
                 )
                 return (
                     HandleResult(
@@ -163,6 +171,7 @@ class ConversationManager:
                     status="handled",
                     reason="relayed to agent",
                     message_id=message.id,
+                    alt_ids=inbound.alt_ids,
                 )
                 return (
                     HandleResult(
@@ -217,6 +226,7 @@ class ConversationManager:
                 status="handled",
                 reason=None,
                 message_id=message.id,
+                alt_ids=inbound.alt_ids,
             )
             logger.info(
                 "inbound.handled channel=%s conversation=%s route=%s replies=%d",

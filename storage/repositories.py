@@ -103,10 +103,14 @@ class Receipts:
         status: str,
         reason: str | None,
         message_id: int | None,
+        alt_ids: Sequence[str] = (),
     ) -> None:
         await self.session.execute(
             update(InboundReceipt)
-            .where(InboundReceipt.channel == channel, InboundReceipt.external_id == external_id)
+            .where(
+                InboundReceipt.channel == channel,
+                InboundReceipt.external_id.in_([external_id, *alt_ids]),
+            )
             .values(status=status, reason=reason, message_id=message_id)
         )
 
@@ -273,11 +277,24 @@ class Conversations:
         via_outbox = select(OutboxRow.conversation_id).where(
             OutboxRow.channel == channel, OutboxRow.platform_id.in_(refs)
         )
+        # the person's own earlier messages, named by an alias id (an email's Message-ID)
+        via_aliases = (
+            select(Message.conversation_id)
+            .join(InboundReceipt, InboundReceipt.message_id == Message.id)
+            .where(
+                InboundReceipt.channel == channel,
+                InboundReceipt.external_id.in_([f"msgid:{ref}" for ref in refs]),
+            )
+        )
         stmt = (
             select(Conversation)
             .where(
                 Conversation.person_id == person_id,
-                or_(Conversation.id.in_(via_messages), Conversation.id.in_(via_outbox)),
+                or_(
+                    Conversation.id.in_(via_messages),
+                    Conversation.id.in_(via_outbox),
+                    Conversation.id.in_(via_aliases),
+                ),
             )
             .order_by(Conversation.updated_at.desc())
             .limit(1)

@@ -97,6 +97,12 @@ def inbound_from_mail(
     for ref in (*mail.in_reply_to, *mail.references):
         if ref not in references and ref != mail.message_id:
             references.append(ref)
+    if classification.kind in ("bounce", "complaint"):
+        # a DSN rarely has In-Reply-To: the enclosed original names our Message-ID, which
+        # is how the core attaches the bounce to the conversation it came from (R20)
+        for ref in classification.original_message_ids:
+            if ref not in references and ref != mail.message_id:
+                references.append(ref)
     subject = mail.subject
     meta: dict[str, Any] = {
         "subject": subject,

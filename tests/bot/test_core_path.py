@@ -97,3 +97,31 @@ async def test_any_interleaving_of_repeats_yields_one_reply_per_message(
     await asyncio.gather(*(desk.core.manager.handle(inbounds[i]) for i in deliveries))
     await desk.delivered()
     assert len(desk.channel.sent) - start_replies == len(set(deliveries))
+
+
+async def test_references_thread_only_within_the_same_person(desk: Desk) -> None:
+    first = desk.inbound("printer jammed", user="dora", thread="msgid:a1@mail")
+    first = first.__class__(**{**_fields(first), "alt_ids": ("msgid:a1@mail",)})
+    one = await desk.core.manager.handle(first)
+    follow = desk.inbound("also the toner is empty", user="dora", thread="msgid:a2@mail")
+    follow = follow.__class__(**{**_fields(follow), "references": ("a1@mail",)})
+    two = await desk.core.manager.handle(follow)
+    assert two.conversation_id == one.conversation_id
+    forged = desk.inbound("add me to this", user="mallory", thread="msgid:m1@evil")
+    forged = forged.__class__(**{**_fields(forged), "references": ("a1@mail",)})
+    three = await desk.core.manager.handle(forged)
+    assert three.conversation_id != one.conversation_id
+
+
+async def test_database_outage_is_a_transient_error(desk: Desk) -> None:
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from bot.errors import TransientError
+
+    async def broken(inbound):  # type: ignore[no-untyped-def]
+        raise OperationalError("INSERT", {}, ConnectionError("server closed the connection"))
+
+    desk.core.manager._handle_locked = broken  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        await desk.core.manager.handle(desk.inbound("hi"))
