@@ -217,6 +217,13 @@ def build_channels(core: Core) -> list[Channel]:
     from channels.webchat import WebChatChannel
 
     channels.append(WebChatChannel())
+    if core.settings.slack_enabled:  # Slack (channels/slack): requesters and triage
+        from channels.slack.wiring import build_slack
+
+        slack, surface = build_slack(core)
+        channels.append(slack)
+        if surface is not None:
+            core.manager.surfaces.append(surface)
     if core.settings.email_enabled:  # email (channels/email): IMAP in, SMTP out
         from channels.email.adapter import EmailChannel
         from channels.email.imap import ImapSettings

@@ -32,7 +32,9 @@ def build_app(
     backlog: Callable[[], Awaitable[dict[str, int]]] | None = None,
 ) -> FastAPI:
     """The FastAPI application with every contributed router mounted."""
-    app = FastAPI(title=title, version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title=title, version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
+    )
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

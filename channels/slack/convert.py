@@ -800,6 +800,7 @@ def _mention(user_id: str | None, fallback: str | None = None) -> str:
 
 def escalation_card(
     *,
+    conversation_id: int,
     ticket_number: str,
     requester_name: str,
     requester_email: str | None,
@@ -813,6 +814,7 @@ def escalation_card(
 ) -> dict[str, Any]:
     """``text`` and ``blocks`` of the card an escalation posts in the triage channel.
 
+    Buttons carry the conversation id (``claim:42``): a conversation may have no ticket.
     Open: a Claim button. Claimed (``claimed_by`` = a Slack user id): who has it, with
     Hand back and Resolve. Resolved: who resolved it, no buttons. Every value is escaped:
     the summary and the name come from the requester.
@@ -856,7 +858,7 @@ def escalation_card(
                     "type": "button",
                     "text": _plain("Claim", BUTTON_LABEL_LIMIT),
                     "style": "primary",
-                    "value": f"claim:{ticket_number}",
+                    "value": f"claim:{conversation_id}",
                     "action_id": CLAIM_ACTION,
                 }
             ]
@@ -865,14 +867,14 @@ def escalation_card(
                 {
                     "type": "button",
                     "text": _plain("Hand back to the bot", BUTTON_LABEL_LIMIT),
-                    "value": f"hand_back:{ticket_number}",
+                    "value": f"hand_back:{conversation_id}",
                     "action_id": HAND_BACK_ACTION,
                 },
                 {
                     "type": "button",
                     "text": _plain("Resolve", BUTTON_LABEL_LIMIT),
                     "style": "primary",
-                    "value": f"resolve:{ticket_number}",
+                    "value": f"resolve:{conversation_id}",
                     "action_id": RESOLVE_ACTION,
                     "confirm": {
                         "title": _plain("Resolve this ticket?", 100),
@@ -885,7 +887,7 @@ def escalation_card(
                     },
                 },
             ]
-        blocks.extend(actions_blocks(elements, block_id=f"deskbot_card_{ticket_number}"))
+        blocks.extend(actions_blocks(elements, block_id=f"deskbot_card_{conversation_id}"))
     text = (
         f"{escape_mrkdwn(ticket_number)} ({escape_mrkdwn(priority)}) from {who}: "
         + (escape_mrkdwn(summary)[:500])

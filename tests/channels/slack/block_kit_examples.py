@@ -45,6 +45,7 @@ def examples() -> list[tuple[str, dict[str, Any]]]:
         outbox_id=1043,
     )
     card = {
+        "conversation_id": 42,
         "ticket_number": "INC-000123",
         "requester_name": "Alice Example",
         "requester_email": "alice@example.com",

@@ -424,7 +424,7 @@ class FakeSlackWebApi:
         channel = _str_or_none(args.get("channel"))
         if not _looks_like_channel(channel):
             return _error("channel_not_found")
-        messages = [m for m in reversed(self._channels[channel].messages) if _is_top_level(m)]
+        messages = [m for m in reversed(self._channel(channel).messages) if _is_top_level(m)]
         return _page(messages, args)
 
     def _conversations_replies(self, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,22 @@ ask a connection to go away (``{"type": "disconnect", "reason": "refresh_request
 and can refuse connections the way Slack does when an app holds too many
 (``{"type": "disconnect", "reason": "too_many_websockets"}`` instead of a hello, then a
 close).
+
+Like Slack, a connection that was asked to go away gets no new envelopes, and an
+``events_api`` envelope that is not acked within ``redeliver_after`` seconds is sent
+again (a new envelope, the same event, ``retry_attempt`` + 1, ``retry_reason``
+"timeout") to another open connection, at most ``max_retries`` times. Every connection
+attempt is timestamped (``attempt_times``, monotonic) so backoff can be checked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +49,14 @@ class Envelope:
     type: str
     payload: Mapping[str, Any]
     connection_id: int
+    retry_attempt: int = 0
+    sent_at: float = 0.0
+    accepts_response_payload: bool = False
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.payload.get("event_id")
+        return str(value) if value is not None else None
 
 
 @dataclass(slots=True)
@@ -62,13 +78,20 @@ class FakeSocketMode:
         *,
         app_id: str = "A0DESKBOT",
         max_connections: int = 10,
+        redeliver_after: float = 3.0,
+        max_retries: int = 3,
         rng: random.Random | None = None,
     ) -> None:
         self.app_id = app_id
         self.max_connections = max_connections
+        self.redeliver_after = redeliver_after
+        self.max_retries = max_retries
         self.rng = rng or random.Random(6)
         self.connections: dict[int, SocketConnection] = {}
+        self.draining: set[int] = set()
         self.connection_attempts = 0
+        self.attempt_times: list[float] = []
+        self.redelivered: list[Envelope] = []
         self.refused = 0
         self.envelopes: list[Envelope] = []
         self.acks: dict[str, Ack] = {}
@@ -79,6 +102,8 @@ class FakeSocketMode:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._unacked: dict[str, Envelope] = {}
+        self._redeliverer: asyncio.Task[None] | None = None
 
     # lifecycle -----------------------------------------------------------------------
 
@@ -90,9 +115,15 @@ class FakeSocketMode:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
+        self._redeliverer = asyncio.create_task(self._redeliver_forever(), name="fake.redeliver")
         return self.url
 
     async def stop(self) -> None:
+        if self._redeliverer is not None:
+            self._redeliverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._redeliverer
+            self._redeliverer = None
         for connection in list(self.connections.values()):
             await connection.ws.close()
         if self._runner is not None:
@@ -114,7 +145,17 @@ class FakeSocketMode:
 
     @property
     def open_connections(self) -> list[SocketConnection]:
-        return [c for c in self.connections.values() if not c.closed.is_set()]
+        """Connections that get envelopes: open and not asked to go away."""
+        return [
+            c
+            for c in self.connections.values()
+            if not c.closed.is_set() and c.id not in self.draining
+        ]
+
+    @property
+    def unacked(self) -> list[Envelope]:
+        """``events_api`` envelopes sent and not acked (nor yet redelivered)."""
+        return list(self._unacked.values())
 
     async def wait_for_connections(self, count: int, *, timeout: float = 5.0) -> None:
         """Wait until ``count`` connections are open (each has had its hello)."""
@@ -140,9 +181,17 @@ class FakeSocketMode:
             if not candidates:
                 raise RuntimeError("no open Socket Mode connection to push to")
             connection = self.rng.choice(candidates)
-        envelope_id = str(uuid.uuid4())
+        envelope = Envelope(
+            str(uuid.uuid4()),
+            type_,
+            dict(payload),
+            connection.id,
+            retry_attempt=retry_attempt or 0,
+            sent_at=time.monotonic(),
+            accepts_response_payload=accepts_response_payload,
+        )
         frame: dict[str, Any] = {
-            "envelope_id": envelope_id,
+            "envelope_id": envelope.envelope_id,
             "payload": dict(payload),
             "type": type_,
             "accepts_response_payload": accepts_response_payload,
@@ -150,9 +199,12 @@ class FakeSocketMode:
         if type_ == "events_api":
             frame["retry_attempt"] = retry_attempt or 0
             frame["retry_reason"] = retry_reason or ""
-        envelope = Envelope(envelope_id, type_, dict(payload), connection.id)
+            self._unacked[envelope.envelope_id] = envelope
         self.envelopes.append(envelope)
-        await connection.ws.send_str(json.dumps(frame))
+        try:
+            await connection.ws.send_str(json.dumps(frame))
+        except (ConnectionError, RuntimeError):
+            pass  # a connection closing under us: unacked, so redelivered like on Slack
         return envelope
 
     async def push_event(
@@ -220,14 +272,46 @@ class FakeSocketMode:
         """Ask one connection (or every open one) to reconnect, as Slack does.
 
         Slack keeps the old connection open for a short while so that the client can
-        open the new one first; the client closes the old one itself.
+        open the new one first, and sends it no new envelopes; the client closes the old
+        one itself.
         """
         targets = [connection] if connection is not None else self.open_connections
         frame = json.dumps(
             {"type": "disconnect", "reason": reason, "debug_info": {"host": "applink-fake"}}
         )
         for target in targets:
+            self.draining.add(target.id)
             await target.ws.send_str(frame)
+
+    async def _redeliver_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.1, self.redeliver_after / 4))
+            await self.redeliver_due()
+
+    async def redeliver_due(self) -> None:
+        """Send again every ``events_api`` envelope left unacked for ``redeliver_after``."""
+        now = time.monotonic()
+        due = [e for e in self._unacked.values() if now - e.sent_at >= self.redeliver_after]
+        for envelope in due:
+            del self._unacked[envelope.envelope_id]
+            if envelope.retry_attempt >= self.max_retries:
+                continue
+            others = [c for c in self.open_connections if c.id != envelope.connection_id]
+            candidates = others or self.open_connections
+            if not candidates:
+                self._unacked[envelope.envelope_id] = envelope  # try again when one opens
+                continue
+            again = await self.push(
+                envelope.type,
+                envelope.payload,
+                accepts_response_payload=envelope.accepts_response_payload,
+                retry_attempt=envelope.retry_attempt + 1,
+                retry_reason="timeout",
+                connection=self.rng.choice(candidates),
+            )
+            async with self._changed:
+                self.redelivered.append(again)
+                self._changed.notify_all()
 
     # the server ----------------------------------------------------------------------
 
@@ -237,6 +321,7 @@ class FakeSocketMode:
         connection = SocketConnection(next(self._ids), ws, dict(request.query))
         async with self._changed:
             self.connection_attempts += 1
+            self.attempt_times.append(time.monotonic())
             refuse = self._refuse_next > 0 or len(self.open_connections) >= self.max_connections
             if refuse:
                 self._refuse_next = max(0, self._refuse_next - 1)
@@ -295,7 +380,12 @@ class FakeSocketMode:
                     self.duplicate_acks.append(ack)
                 else:
                     self.acks[envelope_id] = ack
+                self._unacked.pop(envelope_id, None)
             self._changed.notify_all()
+
+    async def wait_until(self, predicate: Any, *, timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds; checked whenever the fake's state changes."""
+        await self._wait(predicate, timeout)
 
     async def _wait(self, predicate: Any, timeout: float) -> None:
         async with self._changed:

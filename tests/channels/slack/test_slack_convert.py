@@ -607,6 +607,7 @@ def test_find_outbox_message_picks_ours_only() -> None:
 
 
 CARD = {
+    "conversation_id": 42,
     "ticket_number": "INC-000123",
     "requester_name": "Alice <!channel>",
     "requester_email": "alice@example.com",
@@ -627,7 +628,7 @@ def test_an_open_card_offers_claim_and_escapes_what_the_requester_wrote() -> Non
 
     actions = [b for b in card["blocks"] if b["type"] == "actions"]
     assert [e["action_id"] for e in actions[0]["elements"]] == [CLAIM_ACTION]
-    assert actions[0]["elements"][0]["value"] == "claim:INC-000123"
+    assert actions[0]["elements"][0]["value"] == "claim:42"
     rendered = card_text(card)
     assert "Alice &lt;!channel&gt;" in rendered
     assert "&lt;https://evil.example|bank&gt;" in rendered
