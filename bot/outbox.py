@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam, update
+
 from bot.clock import Clock
 from bot.errors import ConfigError, PermanentError, RateLimited, TransientError
 from bot.events import ConversationEvent, EventBus
@@ -100,6 +102,7 @@ class OutboxDispatcher:
         self._buckets: dict[str, _TokenBucket] = {}
         self._paused_until: dict[str, datetime] = {}
         self.idle = asyncio.Event()
+        self._next_recovery: float | None = None
 
     # lifecycle -------------------------------------------------------------------
 
@@ -149,27 +152,35 @@ class OutboxDispatcher:
     async def run_once(self) -> int:
         """Recover stale claims, then claim and deliver one batch; rows processed."""
         now = self.clock.now()
-        await self.recover_stale(now)
+        loop_now = asyncio.get_running_loop().time()
+        if self._next_recovery is None or loop_now >= self._next_recovery:
+            # a lease only runs out after lease_seconds: looking more often is wasted work
+            await self.recover_stale(now)
+            self._next_recovery = loop_now + min(5.0, self.policy.lease_seconds / 4)
         paused = [kind for kind, until in self._paused_until.items() if until > now]
         lease = timedelta(seconds=self.policy.lease_seconds)
         async with self.db.transaction() as session:
             rows = await Outbox(session).claim_due(
                 now, lease=lease, limit=self.policy.batch_size, skip_channels=paused
             )
-            claimed = [(row.id, row.channel, row.attempts, dict(row.payload)) for row in rows]
+            claimed = [
+                (row.id, row.channel, row.attempts, dict(row.payload), row.conversation_id)
+                for row in rows
+            ]
         if not claimed:
             return 0
         self._fault_point("claimed")
+        ids = [row_id for row_id, *_ in claimed]
         async with self.db.transaction() as session:
             started = self.clock.now()
-            for row_id, *_ in claimed:
-                stored = await session.get(OutboxRow, row_id)
-                assert stored is not None
-                stored.send_started_at = started
-                stored.claimed_until = started + lease
+            await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(ids), OutboxRow.status == "sending")
+                .values(send_started_at=started, claimed_until=started + lease)
+            )
         self._fault_point("before_send")
         by_channel: dict[str, list[tuple[int, int, Outbound]]] = {}
-        for row_id, channel, attempts, payload in claimed:
+        for row_id, channel, attempts, payload, _ in claimed:
             outbound = Outbound.from_json(payload, outbox_id=row_id)
             by_channel.setdefault(channel, []).append((row_id, attempts, outbound))
         results = await asyncio.gather(
@@ -177,7 +188,11 @@ class OutboxDispatcher:
         )
         outcomes = [outcome for group in results for outcome in group]
         self._fault_point("after_send")
-        await self._settle(outcomes, {row_id: attempts for row_id, _, attempts, _ in claimed})
+        await self._settle(
+            outcomes,
+            {row_id: attempts for row_id, _, attempts, _, _ in claimed},
+            {row_id: conversation for row_id, _, _, _, conversation in claimed},
+        )
         return len(claimed)
 
     async def _send_channel(
@@ -233,24 +248,48 @@ class OutboxDispatcher:
             bucket = self._buckets[kind] = _TokenBucket(float(rate), burst)
         return bucket
 
-    async def _settle(self, outcomes: list[_Outcome], attempts: dict[int, int]) -> None:
+    async def _settle(
+        self,
+        outcomes: list[_Outcome],
+        attempts: dict[int, int],
+        conversations: dict[int, int | None],
+    ) -> None:
         now = self.clock.now()
         failed: list[tuple[OutboxRow, str]] = []
-        delivered: list[OutboxRow] = []
+        sent = [o for o in outcomes if o.delivery is not None]
+        others = [o for o in outcomes if o.delivery is None]
         async with self.db.transaction() as session:
+            if sent:
+                # the common case in one round trip: an executemany keyed by id, and only
+                # for rows still in our claim (a recovered row is left alone)
+                table = OutboxRow.__table__  # Core table: an executemany, not ORM bulk
+                await session.execute(
+                    update(table)  # type: ignore[arg-type]
+                    .where(table.c.id == bindparam("row_id"), table.c.status == "sending")
+                    .values(
+                        status="sent",
+                        platform_id=bindparam("platform_id"),
+                        sent_at=now,
+                        attempts=bindparam("attempts"),
+                        last_error=None,
+                        claimed_until=None,
+                    ),
+                    [
+                        {
+                            "row_id": o.row_id,
+                            "platform_id": o.delivery.platform_id if o.delivery else None,
+                            "attempts": attempts[o.row_id] + 1,
+                        }
+                        for o in sent
+                    ],
+                )
+            for outcome in others:
+                row = await session.get(OutboxRow, outcome.row_id)
             for outcome in outcomes:
                 row = await session.get(OutboxRow, outcome.row_id)
                 if row is None or row.status != "sending":
                     continue
                 row.claimed_until = None
-                if outcome.delivery is not None:
-                    row.status = "sent"
-                    row.platform_id = outcome.delivery.platform_id
-                    row.sent_at = now
-                    row.attempts = attempts[row.id] + 1
-                    row.last_error = None
-                    delivered.append(row)
-                    continue
                 error = outcome.error
                 assert error is not None
                 row.send_started_at = None
@@ -285,12 +324,17 @@ class OutboxDispatcher:
                     detail={"outbox_id": row.id},
                 )
         if self.events is not None:
-            for row in delivered:
+            for outcome in sent:
                 self.events.publish(
                     ConversationEvent(
                         "delivered",
-                        row.conversation_id,
-                        {"outbox_id": row.id, "platform_id": row.platform_id},
+                        conversations.get(outcome.row_id),
+                        {
+                            "outbox_id": outcome.row_id,
+                            "platform_id": outcome.delivery.platform_id
+                            if outcome.delivery
+                            else None,
+                        },
                     )
                 )
             for row, _ in failed:

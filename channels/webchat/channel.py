@@ -64,7 +64,8 @@ class WebChatChannel:
         delivered = 0
         for sink in sinks:
             try:
-                await asyncio.wait_for(sink.send_text(data), timeout=5)
+                async with asyncio.timeout(5):  # no extra task per frame, unlike wait_for
+                    await sink.send_text(data)
                 delivered += 1
             except Exception as exc:  # a dead socket: forget it, the history has the message
                 logger.info("webchat.send.socket_dropped error=%s", type(exc).__name__)

@@ -1,10 +1,10 @@
 """The agent console: login, queue, context card, claim, reply, note, hand back, resolve,
 and live updates over ``WS /agent/ws`` driven by the core's event bus.
 
-Sessions are a signed cookie (itsdangerous) naming the agent and the time their
-credentials last changed, so a password change or a deactivation ends every session at the
-next request and every open socket within ``recheck_seconds``. Every POST needs the CSRF
-token (a header, compared with the one in the signed cookie) and a same-origin ``Origin``.
+Sessions are the signed cookie of :mod:`channels.webchat.sessions` (shared with the REST
+API): a password change or a deactivation ends every session at the next request and every
+open socket within ``recheck_seconds``. Every POST needs the CSRF token (a header, compared
+with the one in the signed cookie) and a same-origin ``Origin``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,27 +24,25 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.requests import HTTPConnection
 
-from bot.agents import Agent, AgentActionRefused, AgentDesk
+from bot.agents import AgentActionRefused, AgentDesk
 from bot.events import EventBus
-from channels.webchat.guards import RateLimiter, origin_allowed
+from channels.webchat.guards import RateLimiter
 from channels.webchat.pages import SECURITY_HEADERS, html_page
+from channels.webchat.sessions import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    SESSION_COOKIE_PATH,
+    AgentSession,
+    AgentSessions,
+    Refusal,
+)
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SESSION_COOKIE = "deskbot_agent"
 LOGIN_COOKIE = "deskbot_login"
-CSRF_HEADER = "x-csrf-token"
-SESSION_SECONDS = 12 * 3600
 MAX_REPLY_CHARS = 8000
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSession:
-    agent: Agent
-    csrf: str
 
 
 def _json(value: Any) -> Any:
@@ -57,63 +55,47 @@ def _json(value: Any) -> Any:
     return value
 
 
-def _stamp(agent: Agent) -> str:
-    return agent.credentials_changed_at.isoformat()
-
-
 def console_router(
     *,
     agents: AgentDesk,
     events: EventBus,
     secret_key: str,
+    sessions: AgentSessions | None = None,
     secure_cookies: bool = False,
     recheck_seconds: float = 2.0,
     public_origins: tuple[str, ...] = (),
 ) -> APIRouter:
     """The console's pages, JSON API and live socket."""
     router = APIRouter(prefix="/agent", tags=["agent console"])
-    sessions = URLSafeTimedSerializer(secret_key, salt="deskbot.agent.session")
+    if sessions is None:
+        sessions = AgentSessions(
+            agents, secret_key, secure_cookies=secure_cookies, public_origins=public_origins
+        )
     logins = URLSafeTimedSerializer(secret_key, salt="deskbot.agent.login")
     login_limiter = RateLimiter(10, burst=5)
+    current = sessions.current
 
     def cookie_args() -> dict[str, Any]:
-        return {"httponly": True, "samesite": "strict", "secure": secure_cookies, "path": "/agent"}
-
-    async def current(connection: HTTPConnection) -> AgentSession | None:
-        raw = connection.cookies.get(SESSION_COOKIE)
-        if not raw:
-            return None
-        try:
-            data = sessions.loads(raw, max_age=SESSION_SECONDS)
-        except BadSignature:
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("a"), int):
-            return None
-        agent = await agents.get_agent(data["a"])
-        if agent is None or not agent.active or _stamp(agent) != data.get("c"):
-            return None
-        return AgentSession(agent=agent, csrf=str(data.get("x", "")))
+        return {
+            "httponly": True,
+            "samesite": "strict",
+            "secure": sessions.secure_cookies,
+            "path": "/agent",
+        }
 
     def refused(status: int, message: str) -> JSONResponse:
         return JSONResponse(
             {"error": message}, status_code=status, headers={"Cache-Control": "no-store"}
         )
 
-    def same_origin(request: Request) -> bool:
-        # the server's own origin, or its public URL when a TLS proxy sits in front
-        return origin_allowed(request, public_origins)
+    same_origin = sessions.same_origin
 
     async def guarded(request: Request) -> AgentSession | JSONResponse:
         """A POST's agent session, after the Origin and CSRF checks."""
-        if not same_origin(request):
-            return refused(403, "cross-origin request refused")
-        session = await current(request)
-        if session is None:
-            return refused(401, "not logged in")
-        given = request.headers.get(CSRF_HEADER, "")
-        if not session.csrf or not hmac.compare_digest(given, session.csrf):
-            return refused(403, "missing or wrong CSRF token")
-        return session
+        checked = await sessions.for_write(request)
+        if isinstance(checked, Refusal):
+            return refused(checked.status, checked.message)
+        return checked
 
     async def body_of(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -176,7 +158,9 @@ def console_router(
         except BadSignature:
             expected = None
         given = request.headers.get(CSRF_HEADER, "")
-        if not isinstance(expected, str) or not hmac.compare_digest(given, expected):
+        if not isinstance(expected, str) or not hmac.compare_digest(
+            given.encode(), expected.encode()
+        ):
             return refused(403, "missing or wrong CSRF token")
         client = request.client.host if request.client else "unknown"
         if not login_limiter.allow(client):
@@ -190,8 +174,7 @@ def console_router(
             return refused(401, "wrong username or password")
         csrf = secrets.token_urlsafe(24)
         response = JSONResponse({"ok": True, "csrf": csrf}, headers={"Cache-Control": "no-store"})
-        cookie = sessions.dumps({"a": agent.id, "c": _stamp(agent), "x": csrf})
-        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, **cookie_args())
+        response.set_cookie(SESSION_COOKIE, sessions.issue(agent, csrf), **sessions.cookie_args())
         response.delete_cookie(LOGIN_COOKIE, path="/agent")
         logger.info("console.login agent=%s", agent.id)
         return response
@@ -202,7 +185,7 @@ def console_router(
         if isinstance(session, JSONResponse):
             return session
         response = JSONResponse({"ok": True})
-        response.delete_cookie(SESSION_COOKIE, path="/agent")
+        response.delete_cookie(SESSION_COOKIE, path=SESSION_COOKIE_PATH)
         return response
 
     # the API the console page uses ----------------------------------------------------------
@@ -321,7 +304,7 @@ def console_router(
 
     @router.websocket("/ws")
     async def live(websocket: WebSocket) -> None:
-        if not origin_allowed(websocket, public_origins):
+        if not same_origin(websocket):
             await websocket.close(code=4403)
             return
         session = await current(websocket)

@@ -7,6 +7,7 @@ writes can become markup that runs in the widget or the console.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -54,8 +55,13 @@ def _markdown() -> MarkdownIt:
 _MD = _markdown()
 
 
+@functools.lru_cache(maxsize=2048)
 def safe_html(markdown: str) -> str:
-    """Markdown → HTML that is safe to insert: raw HTML escaped, unsafe links dropped."""
+    """Markdown → HTML that is safe to insert: raw HTML escaped, unsafe links dropped.
+
+    Cached: the same knowledge-base answers and bot prompts are rendered over and over,
+    and rendering is pure (the output depends on the text only).
+    """
     return _MD.render(markdown)
 
 

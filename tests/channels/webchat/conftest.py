@@ -8,14 +8,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from knowledge import KnowledgeBase
 from tests.channels.webchat.webchat_harness import WebDesk, start_web_desk
 
 
 @pytest.fixture
-async def web(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[WebDesk]:
+async def web(
+    tmp_path: Path, request: pytest.FixtureRequest, sample_kb: KnowledgeBase
+) -> AsyncIterator[WebDesk]:
     marker = request.node.get_closest_marker("webchat_settings")
     overrides = dict(marker.kwargs) if marker else {}
-    core, server = await start_web_desk(tmp_path, **overrides)
+    core, server = await start_web_desk(tmp_path, knowledge=sample_kb, **overrides)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{server.port}", timeout=10, trust_env=False
     ) as http:

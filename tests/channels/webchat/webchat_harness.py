@@ -15,6 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bot.main import Core, build_channels, build_core, http_routers
 from channels.http.server import HttpServer, build_app
+from knowledge import KnowledgeBase
+from storage.db import Database
 from storage.migrate import upgrade
 from tests.conftest import make_settings
 
@@ -77,7 +79,15 @@ async def frames_until(
     return seen
 
 
-async def start_web_desk(tmp_path: Path, **overrides: Any) -> tuple[Core, HttpServer]:
+async def start_web_desk(
+    tmp_path: Path,
+    *,
+    knowledge: KnowledgeBase | None = None,
+    database: Database | None = None,
+    **overrides: Any,
+) -> tuple[Core, HttpServer]:
+    """A real server on port 0 over SQLite in ``tmp_path``, or over ``database`` (already
+    migrated); ``knowledge``: an already loaded KB, to save the load."""
     settings = make_settings(
         tmp_path,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'deskbot.sqlite3'}",
@@ -85,7 +95,7 @@ async def start_web_desk(tmp_path: Path, **overrides: Any) -> tuple[Core, HttpSe
         webchat_allowed_origins=[INTRANET_ORIGIN],
         **overrides,
     )
-    core = build_core(settings)
+    core = build_core(settings, knowledge=knowledge, database=database)
     await upgrade(core.db)
     for channel in build_channels(core):
         core.registry.add(channel)

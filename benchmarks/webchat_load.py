@@ -1,0 +1,544 @@
+"""Web chat load: N concurrent WebSocket visitors asking knowledge-base questions through
+the full path on PostgreSQL, beside a bare uvicorn WebSocket echo server measured by the
+same client in the same run.
+
+    .venv/bin/python benchmarks/webchat_load.py --visitors 500 --questions 4
+
+What runs:
+
+- a scratch PostgreSQL database (created, migrated, dropped at the end);
+- the deskbot server in its own process, built like ``deskbot run`` builds it: ``build_core``
+  (real router, real sample knowledge base, real outbox dispatcher), the enabled channels,
+  ``http_routers`` and the one FastAPI app on uvicorn (port 0). The only difference from a
+  default configuration is ``DESKBOT_WEBCHAT_RATE_PER_MINUTE``, raised so that the
+  per-visitor limit (R42) does not throttle the benchmark's fast typists;
+- a bare uvicorn ASGI WebSocket echo server in its own process: for each frame it sends
+  the same frames deskbot sends (ack, then a message with buttons), with no work between;
+- the client in a third process: every visitor gets a session with ``POST /webchat/session``
+  (from its own loopback address, 127.0.x.y, as visitors come from their own machines),
+  opens the socket with an allowed ``Origin``, waits for ``hello``, then all visitors start
+  together and each asks ``--questions`` questions one after another. Latency is from the
+  question frame out of the client to the first reply frame (the bot's answer) back in;
+  a turn ends when the "did this help?" frame has arrived too.
+
+Two phases against each server: *saturation* (no pause between a visitor's questions:
+the most the server can answer, and the latency when it is that busy), then *paced*
+(each visitor pauses so that the offered load is ``--paced-fraction`` of the measured
+saturation rate: the latency at a sustainable load).
+
+The three processes share the machine's cores; everything stops by itself (``--deadline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+ALLOWED_ORIGIN = "https://intranet.example"
+PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+QUESTIONS = (
+    "how do I release my print job",
+    "my monitors don't work when I plug into the dock",
+    "my laptop is asking for a bitlocker recovery key",
+    "how do I pair my bluetooth headset with my laptop",
+    "websites won't load properly in chrome",
+    "I can't hear anyone in my teams meeting",
+    "my camera isn't working in teams",
+    "my laptop clock is wrong",
+    "how do I get a company phone",
+    "how do I join a distribution list",
+    "how do I get work email on my phone",
+    "how do I set up my email signature",
+)
+
+
+# --------------------------------------------------------------------------------------
+# the servers (each in its own process; they print "PORT <n>" once they listen)
+
+
+async def serve_deskbot(database_url: str, var_dir: Path) -> None:
+    from bot.main import build_channels, build_core, http_routers
+    from bot.settings import Settings
+    from channels.http.server import HttpServer, build_app
+    from storage.migrate import upgrade
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        var_dir=var_dir,
+        secret_key="benchmark-secret-key",
+        webchat_allowed_origins=[ALLOWED_ORIGIN],
+        webchat_rate_per_minute=100_000,
+        log_level="WARNING",
+    )
+    core = build_core(settings)
+    await upgrade(core.db)
+    for channel in build_channels(core):
+        core.registry.add(channel)
+    app = build_app(health=core.health, routers=http_routers(core), backlog=core.backlog)
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    for channel in core.registry:
+        await channel.start()
+    await core.dispatcher.start()
+    print(f"PORT {server.port}", flush=True)
+    await _until_stdin_closes()
+    await core.dispatcher.stop()
+    await server.stop()
+    await core.db.dispose()
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app: a session endpoint and a WebSocket that answers each frame at once."""
+    if scope["type"] == "http":
+        body = json.dumps({"visitor": uuid.uuid4().hex, "token": "t", "verified": False})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+        return
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": json.dumps({"type": "hello"})})
+    counter = 0
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        frame = json.loads(message.get("text") or "{}")
+        counter += 1
+        ack = {"type": "ack", "client_id": frame.get("client_id")}
+        await send({"type": "websocket.send", "text": json.dumps(ack)})
+        reply = {
+            "type": "message",
+            "id": counter,
+            "author": "bot",
+            "markdown": frame.get("text", ""),
+            "buttons": [{"label": "No", "value": "kb:no:echo"}],
+        }
+        await send({"type": "websocket.send", "text": json.dumps(reply)})
+
+
+async def serve_echo() -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        echo_app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    await _until_stdin_closes()
+    server.should_exit = True
+    await task
+
+
+async def _until_stdin_closes() -> None:
+    await asyncio.to_thread(sys.stdin.read)
+
+
+# --------------------------------------------------------------------------------------
+# the client
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    replies: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: float) -> float:
+            if not lat:
+                return float("nan")
+            return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1)
+
+        return {
+            "phase": self.name,
+            "replies": self.replies,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "replies_per_s": round(self.replies / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": pct(50),
+            "p90_ms": pct(90),
+            "p99_ms": pct(99),
+            "max_ms": round(lat[-1], 1) if lat else float("nan"),
+            "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
+        }
+
+
+class Visitor:
+    def __init__(self, index: int, ws: Any) -> None:
+        self.index = index
+        self.ws = ws
+        self.sent = 0
+
+    async def ask(self, text: str, timeout: float) -> float:
+        """Send one question; the ms until the first reply frame (the turn is then read out)."""
+        self.sent += 1
+        client_id = f"v{self.index}-{self.sent}-{uuid.uuid4().hex[:6]}"
+        frame = json.dumps({"type": "message", "client_id": client_id, "text": text})
+        started = time.perf_counter()
+        await self.ws.send(frame)
+        first: float | None = None
+        acked = feedback = False
+        deadline = started + timeout
+        while not (acked and feedback):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete turn within {timeout}s")
+            data = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=remaining))
+            kind = data.get("type")
+            if kind == "error":
+                raise RuntimeError(f"server said {data}")
+            if kind == "ack":
+                acked = True
+            elif kind == "message":
+                if first is None:
+                    first = (time.perf_counter() - started) * 1000
+                buttons = data.get("buttons") or []
+                if any(str(b.get("value", "")).startswith("kb:no:") for b in buttons):
+                    feedback = True
+        assert first is not None
+        return first
+
+
+async def open_visitors(base: str, count: int, *, timeout: float) -> list[Visitor]:
+    import httpx
+    from websockets.asyncio.client import connect
+
+    ws_base = base.replace("http://", "ws://")
+    gate = asyncio.Semaphore(50)
+
+    async def one(index: int) -> Visitor:
+        # each visitor from its own loopback address, like visitors on their own machines
+        local = f"127.0.{1 + index // 250}.{1 + index % 250}"
+        transport = httpx.AsyncHTTPTransport(local_address=local)
+        async with gate:
+            async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+                response = await http.post(
+                    f"{base}/webchat/session", headers={"Origin": ALLOWED_ORIGIN}
+                )
+            response.raise_for_status()
+            session = response.json()
+            url = f"{ws_base}/webchat/ws?visitor={session['visitor']}&token={session['token']}"
+            ws = await connect(
+                url,
+                additional_headers={"Origin": ALLOWED_ORIGIN},
+                open_timeout=timeout,
+                compression=None,
+                max_queue=None,
+            )
+            hello = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
+            assert hello.get("type") == "hello", hello
+            return Visitor(index, ws)
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def run_phase(
+    visitors: list[Visitor], name: str, *, questions: int, think: float, timeout: float
+) -> PhaseResult:
+    result = PhaseResult(name)
+    start_gate = asyncio.Event()
+
+    async def visitor_loop(visitor: Visitor) -> None:
+        rng = random.Random(visitor.index)
+        await start_gate.wait()
+        if think:
+            await asyncio.sleep(rng.uniform(0, think))  # spread the first questions out
+        for n in range(questions):
+            text = QUESTIONS[(visitor.index + n) % len(QUESTIONS)]
+            try:
+                latency = await visitor.ask(text, timeout)
+            except Exception as exc:
+                result.errors += 1
+                print(f"visitor {visitor.index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return
+            result.latencies_ms.append(latency)
+            result.replies += 1
+            if think and n + 1 < questions:
+                await asyncio.sleep(rng.expovariate(1 / think))
+
+    tasks = [asyncio.create_task(visitor_loop(v)) for v in visitors]
+    started = time.perf_counter()
+    start_gate.set()
+    await asyncio.gather(*tasks)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def client_main(args: argparse.Namespace) -> None:
+    visitors = await open_visitors(args.base, args.visitors, timeout=args.turn_timeout)
+    # warm-up: one question per visitor, not measured (first-time person/conversation rows)
+    await run_phase(visitors, "warm-up", questions=1, think=0, timeout=args.turn_timeout)
+    phases = []
+    saturation = await run_phase(
+        visitors, "saturation", questions=args.questions, think=0, timeout=args.turn_timeout
+    )
+    phases.append(saturation.summary())
+    rate = saturation.replies / saturation.seconds if saturation.seconds else 0.0
+    if args.paced_fraction > 0 and rate > 0:
+        offered = rate * args.paced_fraction
+        mean_latency = statistics.fmean(saturation.latencies_ms) / 1000
+        # per-visitor cycle = think + latency; solve for the think that offers `offered`/s
+        think = max(0.01, len(visitors) / offered - min(mean_latency, 0.05))
+        paced = await run_phase(
+            visitors,
+            f"paced {int(args.paced_fraction * 100)}% (think {think:.2f}s)",
+            questions=args.questions,
+            think=think,
+            timeout=args.turn_timeout,
+        )
+        phases.append(paced.summary())
+    for visitor in visitors:
+        with contextlib.suppress(Exception):
+            await visitor.ws.close()
+    handled = sum(v.sent for v in visitors)
+    print(
+        json.dumps(
+            {"phases": phases, "messages": handled, "client_cpu_s": round(time.process_time(), 2)}
+        ),
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the orchestrator
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of one process (Linux /proc), 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL server process on this machine."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                total += _cpu_of(int(entry.name))
+    return total
+
+
+class Child:
+    """A subprocess of this script; a server prints ``PORT n``, stops when stdin closes."""
+
+    def __init__(self, *role_args: str, profile: Path | None = None) -> None:
+        command = [sys.executable]
+        if profile is not None:
+            command += ["-m", "cProfile", "-o", str(profile)]
+        command += [str(Path(__file__).resolve()), *role_args]
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+
+    def port(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("PORT "):
+                return int(line.split()[1])
+        raise RuntimeError("server did not start")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_client(
+    base: str, args: argparse.Namespace, deadline: float, server: Child
+) -> dict[str, Any]:
+    server_before, pg_before = _cpu_of(server.proc.pid), _postgres_cpu()
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--role",
+        "client",
+        "--base",
+        base,
+        "--visitors",
+        str(args.visitors),
+        "--questions",
+        str(args.questions),
+        "--paced-fraction",
+        str(args.paced_fraction),
+        "--turn-timeout",
+        str(args.turn_timeout),
+    ]
+    remaining = max(10.0, deadline - time.monotonic())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"client failed:\n{done.stderr[-4000:]}")
+    if done.stderr.strip():
+        print(done.stderr[-2000:], file=sys.stderr)
+    result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    # CPU over the client's whole run (sessions, warm-up and phases), per message handled
+    messages = max(1, int(result["messages"]))
+    server_cpu = _cpu_of(server.proc.pid) - server_before
+    pg_cpu = _postgres_cpu() - pg_before
+    result["cpu_ms_per_message"] = {
+        "server": round(server_cpu * 1000 / messages, 2),
+        "postgres": round(pg_cpu * 1000 / messages, 2),
+        "client": round(float(result["client_cpu_s"]) * 1000 / messages, 2),
+    }
+    return result
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.deadline
+    name = f"deskbot_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    results: dict[str, Any] = {}
+    try:
+        echo = Child("--role", "echo")
+        try:
+            port = echo.port(30)
+            results["echo"] = run_client(f"http://127.0.0.1:{port}", args, deadline, echo)
+        finally:
+            echo.stop()
+        with tempfile.TemporaryDirectory() as var_dir:
+            profile = Path(args.profile) if args.profile else None
+            desk = Child(
+                "--role",
+                "server",
+                "--database-url",
+                f"{PG_ADMIN}/{name}",
+                "--var-dir",
+                var_dir,
+                profile=profile,
+            )
+            try:
+                port = desk.port(120)
+                results["deskbot"] = run_client(f"http://127.0.0.1:{port}", args, deadline, desk)
+            finally:
+                desk.stop()
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    report(results, args)
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.visitors} concurrent visitors, {args.questions} questions each, "
+        f"{os.cpu_count()} CPUs shared by client and server\n"
+    )
+    print("| server | phase | replies | replies/s | p50 ms | p90 ms | p99 ms | max ms | errors |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for server in ("echo", "deskbot"):
+        for phase in results.get(server, {}).get("phases", []):
+            print(
+                f"| {'bare uvicorn echo' if server == 'echo' else 'deskbot (PostgreSQL)'} "
+                f"| {phase['phase']} | {phase['replies']} | {phase['replies_per_s']} "
+                f"| {phase['p50_ms']} | {phase['p90_ms']} | {phase['p99_ms']} "
+                f"| {phase['max_ms']} | {phase['errors']} |"
+            )
+    print()
+    for server in ("echo", "deskbot"):
+        cpu = results.get(server, {}).get("cpu_ms_per_message")
+        if cpu:
+            print(
+                f"{server}: CPU per message: server {cpu['server']} ms, "
+                f"PostgreSQL {cpu['postgres']} ms, client {cpu['client']} ms"
+            )
+    print("\n" + json.dumps(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--visitors", type=int, default=500)
+    parser.add_argument("--questions", type=int, default=4, help="questions per visitor")
+    parser.add_argument(
+        "--paced-fraction",
+        type=float,
+        default=0.5,
+        help="offered load of the paced phase, as a fraction of the saturation rate (0: skip)",
+    )
+    parser.add_argument("--turn-timeout", type=float, default=60.0)
+    parser.add_argument("--deadline", type=float, default=600.0, help="whole run, seconds")
+    parser.add_argument("--profile", help="write a cProfile of the deskbot server here")
+    parser.add_argument("--role", choices=["orchestrate", "server", "echo", "client"])
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--var-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    role = args.role or "orchestrate"
+    if role == "server":
+        asyncio.run(serve_deskbot(args.database_url, Path(args.var_dir)))
+    elif role == "echo":
+        asyncio.run(serve_echo())
+    elif role == "client":
+        asyncio.run(client_main(args))
+    else:
+        orchestrate(args)
+
+
+if __name__ == "__main__":
+    main()
