@@ -61,6 +61,7 @@ class Catalog:
     vip_uplift_steps: int = 1
     vips: frozenset[str] = frozenset()
     _choices: dict[str, str] = field(default_factory=dict)
+    _found: dict[tuple[str, float], Service | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
@@ -133,6 +134,16 @@ class Catalog:
 
     def find_service(self, text: str, *, threshold: float = 90.0) -> Service | None:
         """The service a phrase names (fuzzy on ids, names and aliases), or None."""
+        key = (text, threshold)
+        if key in self._found:
+            return self._found[key]
+        found = self._find_service(text, threshold)
+        if len(self._found) > 4096:  # a turn asks several times; keep only recent texts
+            self._found.clear()
+        self._found[key] = found
+        return found
+
+    def _find_service(self, text: str, threshold: float) -> Service | None:
         processed = utils.default_process(text.replace("-", " "))
         if not processed:
             return None

@@ -134,14 +134,12 @@ class ConversationManager:
                 kind=inbound.kind,
                 now=now,
                 meta={k: v for k, v in inbound.meta.items() if _jsonable(v)},
+                defer=True,
             )
-            events.append(
-                ConversationEvent(
-                    "message",
-                    conversation.id,
-                    {"message_id": message.id, "direction": "in", "state": conversation.state},
-                )
-            )
+            routed = inbound.kind == "message" and conversation.state not in AGENT_STATES
+            if not routed:
+                await Conversations(session).store(message)
+                events.append(self._message_event(conversation, message))
             if inbound.kind != "message":
                 reason = str(inbound.meta.get("reason") or f"{inbound.kind}: stored, not answered")
                 await self._handle_machine_mail(session, inbound, conversation, now)
@@ -193,6 +191,8 @@ class ConversationManager:
             )
             await self.router.route(turn)
             message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
+            await Conversations(session).store(message)
+            events.append(self._message_event(conversation, message))
             replies = await self._guard_loops(session, turn)
             outbox_ids = []
             if turn.escalation is not None:
@@ -220,14 +220,17 @@ class ConversationManager:
             for extra in turn.after_commit:
                 if isinstance(extra, ConversationEvent):
                     events.append(extra)
-            await Receipts(session).settle(
-                inbound.channel,
-                inbound.external_id,
-                status="handled",
-                reason=None,
-                message_id=message.id,
-                alt_ids=inbound.alt_ids,
-            )
+            if inbound.alt_ids:
+                # the receipt is already "handled"; only aliases need the message id, so
+                # a reply that names this message by an alias can find its conversation
+                await Receipts(session).settle(
+                    inbound.channel,
+                    inbound.external_id,
+                    status="handled",
+                    reason=None,
+                    message_id=message.id,
+                    alt_ids=inbound.alt_ids,
+                )
             logger.info(
                 "inbound.handled channel=%s conversation=%s route=%s replies=%d",
                 inbound.channel,
@@ -245,6 +248,14 @@ class ConversationManager:
                 ),
                 events,
             )
+
+    @staticmethod
+    def _message_event(conversation: Conversation, message: Message) -> ConversationEvent:
+        return ConversationEvent(
+            "message",
+            conversation.id,
+            {"message_id": message.id, "direction": "in", "state": conversation.state},
+        )
 
     async def _resolve_person(
         self, session: AsyncSession, inbound: Inbound, now: datetime

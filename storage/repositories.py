@@ -328,7 +328,10 @@ class Conversations:
         private: bool = False,
         kind: str = "message",
         meta: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> Message:
+        """Add a message; with ``defer`` it is built but left for :meth:`store` (so a
+        caller can complete it, e.g. with the route taken, before the one INSERT)."""
         message = Message(
             conversation_id=conversation.id,
             direction=direction,
@@ -342,10 +345,15 @@ class Conversations:
             meta=meta or {},
             created_at=now,
         )
-        self.session.add(message)
         conversation.updated_at = now
         if direction == "in":
             conversation.last_inbound_at = now
+        if not defer:
+            await self.store(message)
+        return message
+
+    async def store(self, message: Message) -> Message:
+        self.session.add(message)
         await self.session.flush()
         return message
 
