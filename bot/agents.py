@@ -148,23 +148,8 @@ class AgentDesk:
         if channel != "slack":
             raise ValueError(f"no external agents for channel {channel!r}")
         async with self.db.transaction() as session:
-            agents = Agents(session)
-            agent = await agents.by_slack_user(external_id)
-            if agent is not None:
-                return agent
-            now = self.clock.now()
-            return await agents.add(
-                Agent(
-                    username=f"slack:{external_id}",
-                    display_name=display_name or external_id,
-                    password_hash=None,
-                    groups=[],
-                    is_lead=False,
-                    active=True,
-                    slack_user_id=external_id,
-                    credentials_changed_at=now,
-                    created_at=now,
-                )
+            return await Agents(session).ensure_slack_agent(
+                external_id, display_name=display_name or external_id, now=self.clock.now()
             )
 
     async def authenticate(self, username: str, password: str) -> Agent | None:

@@ -68,23 +68,31 @@ class InboxWorker:
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._rng = random.Random()
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._serve(), name="inbox.worker")
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Let the batch in hand finish (so no row waits out its lease), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self.inbox.wakeup.set()
+        done, _ = await asyncio.wait({self._task}, timeout=grace)
+        if not done:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._task = None
+        self._stopping = False
 
     async def _serve(self) -> None:
-        while True:
+        while not self._stopping:
             self.inbox.wakeup.clear()
             try:
                 processed = await self.run_once()
@@ -93,7 +101,7 @@ class InboxWorker:
             except Exception:
                 logger.exception("inbox.sweep.failed")
                 processed = 0
-            if processed:
+            if processed or self._stopping:
                 continue
             try:
                 await asyncio.wait_for(self.inbox.wakeup.wait(), timeout=self.poll_seconds)

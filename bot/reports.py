@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
-
 from bot.catalog import Catalog
 from knowledge import KnowledgeBase
 from storage.db import Database
 from storage.models import Agent, Alert, Ticket, TicketEvent
-from storage.repositories import Alerts, Tickets
+from storage.repositories import Agents, Alerts, Tickets
 
 DEFAULT_GROUP = "service-desk"
 TICKET_STATUSES = ("new", "open", "pending", "resolved", "closed")
@@ -148,19 +146,13 @@ class DeskReports:
         """The newest tickets the agent may see, optionally of some statuses only."""
         if not agent.active:
             return []
-        # A listing query: storage.repositories.Tickets has none yet; it belongs there.
-        stmt = select(Ticket)
-        groups = visible_groups(agent)
-        if groups is not None:
-            visible: ColumnElement[bool] = Ticket.agent_group.in_(groups)
-            if DEFAULT_GROUP in groups:
-                visible = or_(visible, Ticket.agent_group.is_(None))
-            stmt = stmt.where(visible)
-        if statuses:
-            stmt = stmt.where(Ticket.status.in_(list(statuses)))
-        stmt = stmt.order_by(Ticket.id.desc()).limit(max(1, min(limit, 500)))
         async with self.db.read() as session:
-            rows = list((await session.execute(stmt)).scalars())
+            rows = await Tickets(session).listing(
+                groups=visible_groups(agent),
+                default_group=DEFAULT_GROUP,
+                statuses=statuses,
+                limit=max(1, min(limit, 500)),
+            )
         return [self._summary(t) for t in rows]
 
     async def ticket(self, number: str, agent: Agent) -> TicketDetail | None:
@@ -236,4 +228,4 @@ class DeskReports:
 async def count_agents(database: Database) -> int:
     """How many agent accounts exist (``deskbot run`` creates a demo agent when none do)."""
     async with database.read() as session:
-        return int((await session.execute(select(func.count(Agent.id)))).scalar_one())
+        return await Agents(session).count()

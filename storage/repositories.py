@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -590,6 +590,27 @@ class Tickets:
         await self.session.flush()
         return event
 
+    async def listing(
+        self,
+        *,
+        groups: Sequence[str] | None,
+        default_group: str,
+        statuses: Sequence[str] = (),
+        limit: int = 50,
+    ) -> list[Ticket]:
+        """The newest tickets of some agent groups (all groups when ``groups`` is None);
+        tickets without a group count as ``default_group``."""
+        stmt = select(Ticket)
+        if groups is not None:
+            visible: ColumnElement[bool] = Ticket.agent_group.in_(list(groups))
+            if default_group in groups:
+                visible = or_(visible, Ticket.agent_group.is_(None))
+            stmt = stmt.where(visible)
+        if statuses:
+            stmt = stmt.where(Ticket.status.in_(list(statuses)))
+        rows = await self.session.execute(stmt.order_by(Ticket.id.desc()).limit(limit))
+        return list(rows.scalars())
+
     async def events(self, ticket_id: int) -> list[TicketEvent]:
         rows = await self.session.execute(
             select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)
@@ -619,6 +640,33 @@ class Agents:
     async def add(self, agent: Agent) -> Agent:
         self.session.add(agent)
         await self.session.flush()
+        return agent
+
+    async def count(self) -> int:
+        return int((await self.session.execute(select(func.count(Agent.id)))).scalar_one())
+
+    async def ensure_slack_agent(
+        self, slack_user_id: str, *, display_name: str, now: datetime
+    ) -> Agent:
+        """The agent for a Slack user, created once even when two clicks race."""
+        await insert_ignore(
+            self.session,
+            Agent,
+            {
+                "username": f"slack:{slack_user_id}",
+                "display_name": display_name,
+                "password_hash": None,
+                "groups": [],
+                "is_lead": False,
+                "active": True,
+                "slack_user_id": slack_user_id,
+                "credentials_changed_at": now,
+                "created_at": now,
+            },
+            ("slack_user_id",),
+        )
+        agent = await self.by_slack_user(slack_user_id)
+        assert agent is not None
         return agent
 
     async def leads(self) -> list[Agent]:

@@ -55,3 +55,26 @@ async def test_a_failing_handler_is_retried_then_marked_failed(desk: Desk) -> No
         alerts = [a.kind for a in (await session.execute(select(Alert))).scalars()]
     assert statuses == ["done", "failed"]
     assert alerts == ["inbound_failed"]
+
+
+async def test_stop_lets_the_batch_in_hand_finish(desk: Desk) -> None:
+    import asyncio
+
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(inbound: Inbound) -> HandleResult:
+        started.set()
+        await release.wait()
+        return await desk.core.manager.handle(inbound)
+
+    await desk.core.inbox.accept(desk.inbound("hi"))
+    worker = InboxWorker(desk.core.inbox, slow, poll_seconds=0.01)
+    await worker.start()
+    await asyncio.wait_for(started.wait(), timeout=5)
+    stopping = asyncio.create_task(worker.stop(grace=5))
+    release.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    async with desk.core.db.read() as session:
+        statuses = [r.status for r in (await session.execute(select(InboxRow))).scalars()]
+    assert statuses == ["done"]
