@@ -15,6 +15,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
+from sqlalchemy.exc import IntegrityError
 
 from bot.catalog import Catalog
 from bot.clock import Clock
@@ -290,15 +291,55 @@ class AgentDesk:
         return True
 
     async def reply(
-        self, conversation_id: int, agent: Agent, text: str, *, private: bool = False
+        self,
+        conversation_id: int,
+        agent: Agent,
+        text: str,
+        *,
+        private: bool = False,
+        external_id: str | None = None,
     ) -> int:
-        """An agent's message: to the person on their channel, or an internal note."""
+        """An agent's message: to the person on their channel, or an internal note.
+
+        ``external_id`` names the agent's platform event (a Slack event id): the same
+        event handled twice, on any node, stores and sends one message.
+        """
+        try:
+            return await self._reply(conversation_id, agent, text, private, external_id)
+        except IntegrityError:
+            if external_id is None:
+                raise
+            # the same platform event, handled at the same moment on another node
+            async with self.db.read() as session:
+                conversation = await Conversations(session).get(conversation_id)
+                assert conversation is not None
+                seen = await Conversations(session).message_by_external_id(
+                    conversation.channel, external_id
+                )
+            if seen is None:
+                raise
+            return seen.id
+
+    async def _reply(
+        self,
+        conversation_id: int,
+        agent: Agent,
+        text: str,
+        private: bool,
+        external_id: str | None,
+    ) -> int:
         text = text.strip()
         if not text:
             raise AgentActionRefused("empty message")
         now = self.clock.now()
         async with self.db.transaction() as session:
             conversation = await self._owned(session, conversation_id, agent)
+            if external_id is not None:
+                seen = await Conversations(session).message_by_external_id(
+                    conversation.channel, external_id
+                )
+                if seen is not None:
+                    return seen.id
             if private:
                 message = await Conversations(session).add_message(
                     conversation,
@@ -309,6 +350,7 @@ class AgentDesk:
                     private=True,
                     kind="note",
                     now=now,
+                    external_id=external_id,
                 )
                 await self._log_ticket(session, conversation, "note", agent, now, public=False)
             else:
@@ -320,6 +362,7 @@ class AgentDesk:
                     author_kind="agent",
                     author_id=agent.id,
                     automatic=False,
+                    external_id=external_id,
                 )
                 if conversation.ticket_id:
                     ticket = await Tickets(session).get(conversation.ticket_id)

@@ -21,6 +21,7 @@ async def enqueue_reply(
     author_kind: str = "bot",
     author_id: int | None = None,
     automatic: bool = True,
+    external_id: str | None = None,
 ) -> tuple[Message, OutboxRow]:
     """Store ``reply`` in the conversation and queue it to the person's channel."""
     message = await Conversations(session).add_message(
@@ -31,6 +32,7 @@ async def enqueue_reply(
         text=reply.markdown,
         kind=reply.kind,
         now=now,
+        external_id=external_id,
         meta={
             "buttons": [{"label": b.label, "value": b.value} for b in reply.buttons],
             "quick_replies": list(reply.quick_replies),

@@ -357,6 +357,15 @@ class Conversations:
         await self.session.flush()
         return message
 
+    async def message_by_external_id(self, channel: str, external_id: str) -> Message | None:
+        return (
+            await self.session.execute(
+                select(Message).where(
+                    Message.channel == channel, Message.external_id == external_id
+                )
+            )
+        ).scalar_one_or_none()
+
     async def messages(
         self,
         conversation_id: int,

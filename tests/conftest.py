@@ -101,6 +101,15 @@ async def _truncate_pg(database: Database) -> None:
 
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     async with database.engine.begin() as conn:
+        # a connection left open by an earlier test on this worker (a background task
+        # that outlived its test) must not block this one: end it first
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        await conn.execute(text("SET LOCAL lock_timeout = '20s'"))
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 

@@ -536,7 +536,9 @@ class SlackChannel:
                 text = NOTE_PREFIX.sub("", text, count=1)
             agent = await self._agent(str(user))
             try:
-                await self.access.agents.reply(conversation_id, agent, text, private=private)
+                await self.access.agents.reply(
+                    conversation_id, agent, text, private=private, external_id=f"slack:{event_id}"
+                )
             except AgentActionRefused as exc:
                 await self._ephemeral(
                     channel, str(user), f"Not sent to the requester: {exc}.", thread_ts=thread_ts

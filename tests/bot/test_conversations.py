@@ -193,9 +193,14 @@ async def test_takeover_the_bot_stays_silent_and_claims_are_atomic(desk: Desk) -
     assert await desk.say("how do I connect to the vpn") == []
     assert await desk.say("help") == []
     await desk.core.agents.reply(conversation.id, winner, "Hi, I'm looking at it now")
+    # the same platform event (a Slack retry) twice, even at once: one message
+    await asyncio.gather(
+        desk.core.agents.reply(conversation.id, winner, "On it", external_id="slack:Ev1"),
+        desk.core.agents.reply(conversation.id, winner, "On it", external_id="slack:Ev1"),
+    )
     await desk.core.agents.reply(conversation.id, winner, "checked the logs", private=True)
     delivered = await desk.delivered()
-    assert text_of(delivered) == "Hi, I'm looking at it now"
+    assert text_of(delivered) == "Hi, I'm looking at it now\nOn it"
     context = await desk.core.agents.context(conversation.id, winner)
     assert [m.text for m in context.transcript if m.private] == ["checked the logs"]
     await desk.core.agents.hand_back(conversation.id, winner)
@@ -276,3 +281,12 @@ async def test_an_active_outage_answers_and_subscribes(desk: Desk) -> None:
     text = text_of(replies)
     assert "Known outage: VPN gateway down in Europe" in text and "Next update" in text
     assert "already subscribed" in text_of(await desk.say("subscribe me to vpn notices"))
+
+
+async def test_small_transactions_finish_in_one_turn(desk: Desk) -> None:
+    assert "I'm the IT service desk bot" in text_of(await desk.say("what can you do?"))
+    assert "Hi Alice" in text_of(await desk.say("good morning"))
+    assert "You're welcome" in text_of(await desk.say("thanks a lot"))
+    assert "Bye for now" in text_of(await desk.say("that's all"))
+    assert "no known outage on VPN" in text_of(await desk.say("is vpn down?"))
+    assert "An agent will reply" in text_of(await desk.say("can I speak to a person"))
