@@ -235,7 +235,14 @@ class EmailChannel:
             async with self._scanned:
                 self.scans += 1
                 self._scanned.notify_all()
-            wait = self.imap.idle_renew_seconds if use_idle else self.imap.poll_seconds
+            # IDLE is renewed at the poll interval at the latest and every renewal is
+            # followed by a scan, so a notification the server never sent (or that was
+            # lost) delays a mail by one poll interval, not by a whole IDLE period
+            wait = (
+                min(self.imap.idle_renew_seconds, self.imap.poll_seconds)
+                if use_idle
+                else self.imap.poll_seconds
+            )
             if self._retry_at:
                 wait = max(0.0, min(wait, min(self._retry_at.values()) - self._now()))
             if wait <= 0:

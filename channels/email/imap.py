@@ -326,7 +326,9 @@ class ImapConnection:
                             task.cancel()
                 if lost in done:
                     raise ImapConnectionError("connection lost in IDLE")
-                if push in done and not push.cancelled():
+                # a push may complete in the instant between the wait and the cancel:
+                # look at any finished push, not only one the wait reported
+                if push.done() and not push.cancelled():
                     try:
                         lines = push.result()
                     except TimeoutError:

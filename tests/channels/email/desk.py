@@ -153,7 +153,10 @@ class EmailDesk:
             for raw in raws:
                 await driver.append(raw, folder or self.folder, seen=seen)
 
-    async def wait_results(self, count: int, timeout: float = 10.0) -> list[HandleResult]:
+    async def wait_results(self, count: int, timeout: float = 40.0) -> list[HandleResult]:
+        # a hang guard longer than one poll interval: a mail whose IDLE notification is
+        # lost is still picked up by the rescan that follows every IDLE period (tests
+        # about promptness pass their own, shorter timeout)
         async with self._changed:
             await asyncio.wait_for(
                 self._changed.wait_for(lambda: len(self.results) >= count), timeout
