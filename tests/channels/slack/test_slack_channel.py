@@ -477,3 +477,50 @@ async def test_slash_command_and_app_home(desk: SlackDesk) -> None:
     assert response.status_code == 200
     view = desk.fake.views_published[ALICE]
     assert "Report an issue" in json.dumps(view)
+
+
+class _Frames:
+    """A web chat socket as the web chat channel sees it: frames in a list."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    async def send_text(self, data: str) -> None:
+        self.frames.append(json.loads(data))
+
+
+async def test_an_agent_in_slack_answers_a_web_chat_visitor_and_back(desk: SlackDesk) -> None:
+    """The relay works across channels: the requester is on the real web chat channel."""
+    from bot.types import Sender
+    from channels.webchat import WebChatChannel
+
+    webchat = WebChatChannel()
+    desk.core.registry.add(webchat)
+    socket = _Frames()
+    await webchat.attach("v-dan", socket)
+
+    def visitor(text: str, n: int) -> Inbound:
+        return Inbound(
+            channel="webchat",
+            external_id=f"v-dan:{n}",
+            sender=Sender("visitor:v-dan", display_name="Dan"),
+            text=text,
+            thread_key="visitor:v-dan",
+            reply_to={"visitor": "v-dan"},
+        )
+
+    result = await desk.core.manager.handle(visitor("talk to a human", 1))
+    await desk.settle()
+    conversation_id = result.conversation_id
+    card = desk.card()
+    await desk.click(f"claim:{conversation_id}", action_id=CLAIM_ACTION, message_ts=str(card["ts"]))
+    await desk.fake.wait_for_calls("chat.update", 1)
+    await desk.thread_reply("Dan, try signing out and in again.", thread_ts=str(card["ts"]))
+    await desk.settle()
+    said = [str(f.get("markdown")) for f in socket.frames if f.get("type") == "message"]
+    assert any("try signing out and in again" in s for s in said)
+    # and back: the visitor's answer appears in the card's thread
+    await desk.core.manager.handle(visitor("that fixed it, thanks", 2))
+    await desk.settle()
+    thread = desk.fake.messages_in(TRIAGE, thread_ts=str(card["ts"]))
+    assert any("that fixed it" in blocks_text(m) for m in thread if m.get("bot_id"))
