@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,13 +67,20 @@ class Calibration:
         return e / (1.0 + e)
 
     def confidences(self, rows: Sequence[Sequence[float]]) -> list[float]:
-        """:meth:`confidence` for several candidates at once."""
+        """:meth:`confidence` for several candidates at once (plain Python: a query has a
+        handful of candidates, too few for numpy's per-call cost to pay off)."""
         if not rows:
             return []
-        x = np.asarray(rows, dtype=np.float64)
-        z = ((x - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef)
-        z = np.clip(z + self.intercept, -500.0, 500.0)
-        return (1.0 / (1.0 + np.exp(-z))).tolist()  # type: ignore[no-any-return]
+        slopes = [c / s for c, s in zip(self.coef, self.scale, strict=True)]
+        z0 = self.intercept - sum(k * m for k, m in zip(slopes, self.mean, strict=True))
+        out: list[float] = []
+        for row in rows:
+            if len(row) != len(slopes):
+                raise ValueError(f"expected {len(slopes)} features, got {len(row)}")
+            z = z0 + sum(map(operator.mul, slopes, row))
+            z = min(max(z, -500.0), 500.0)
+            out.append(1.0 / (1.0 + math.exp(-z)))
+        return out
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -10,11 +10,12 @@ word bigrams and character 4-grams of words, see :func:`featurise`):
   which learns which terms tell near-duplicate articles apart (only while the weight
   matrix fits :data:`LINEAR_BUDGET`; larger KBs use a softmax over centroid scores);
 - **fuzz**: rapidfuzz ``token_set_ratio`` and ``ratio`` between the normalised query
-  and the best phrasings found by knn (``process.cdist``), per article the best one.
+  and the 8 best phrasings found by knn, per article the best one.
 
-The candidates are the union of each scorer's top few articles; a weighted sum ranks
-them and a logistic model over the top candidate's scores (rank score, its margin over
-the runner-up, coverage of the query's words by the article...) turns that into a
+The candidates are the articles of the knn phrasings plus the best few by the part of
+the fused score that needs no knn (linear probability, centroid cosine); a weighted sum
+ranks them and a logistic model over the top candidate's scores (rank score, its margin
+over the runner-up, coverage of the query's words by the article...) turns that into a
 confidence in [0, 1]. :mod:`knowledge.calibration` holds the weights.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 
 from .article import Article
 from .text import STOP_WORDS, normalise, stem
@@ -46,10 +47,11 @@ LINEAR_BUDGET = 24_000_000
 """Largest vocabulary × articles weight matrix the linear layer trains (float32, ~96 MB)."""
 
 _TOP_PHRASINGS = 32
-_FUZZ_PHRASINGS = 16
+_FUZZ_PHRASINGS = 8
 _PER_SCORER = 8
 _KNN_PRUNE_ABOVE = 50_000
 _CHAR_N = 4
+_WORD_CACHE_SIZE = 200_000
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int32]
@@ -73,16 +75,36 @@ def featurise(words: Sequence[str]) -> list[str]:
 
 
 def _top(scores: npt.NDArray[Any], k: int) -> list[int]:
-    """Indices of the ``k`` largest positive scores, best first (ties: lower index)."""
-    if len(scores) <= 1024:  # small: one sort beats three numpy calls
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [int(i) for i in order if scores[i] > 0]
-    positive = np.flatnonzero(scores > 0)  # partitioning many zeros is the slow part
-    if len(positive) > k:
-        part = np.argpartition(scores[positive], len(positive) - k)[-k:]
-        positive = positive[part]
-    order = np.lexsort((positive, -scores[positive]))
-    return positive[order].tolist()  # type: ignore[no-any-return]
+    """Indices of the ``k`` largest positive scores (in no particular order)."""
+    n = len(scores)
+    if n > 1024:  # large: partitioning many zeros is the slow part
+        positive = np.flatnonzero(scores > 0)
+        if len(positive) > k:
+            part = np.argpartition(scores[positive], len(positive) - k)[-k:]
+            positive = positive[part]
+        return positive.tolist()  # type: ignore[no-any-return]
+    picked = np.argpartition(scores, n - k)[-k:] if n > k else np.arange(n)
+    return [i for i, v in zip(picked.tolist(), scores[picked].tolist(), strict=True) if v > 0]
+
+
+def _top_fused(
+    cent: npt.NDArray[Any], exp: npt.NDArray[Any], total: float, fusion: Sequence[float]
+) -> list[int]:
+    """The articles that rank best on the part of the fused score that needs no knn.
+
+    An article outside the knn phrasings scores ``w_lin · probability + w_cent · cosine``
+    exactly, so its best few by that sum are the only ones that can reach the top of
+    the ranking (or be the runner-up for the margin): one selection instead of one per
+    scorer. Only positive sums count.
+    """
+    w_lin, w_cent = fusion[0], fusion[3]
+    if w_cent == 0.0 and w_lin > 0.0:
+        partial = exp  # ranks as the probabilities (exp / total)
+    elif w_lin == 0.0 and w_cent > 0.0:
+        partial = cent
+    else:
+        partial = (w_lin / total) * exp + w_cent * cent
+    return _top(partial, _PER_SCORER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +120,18 @@ class Candidate:
 class _Query:
     words: tuple[str, ...]
     normalised: str
-    ids: IntArray
-    weights: FloatArray
-    word_ids: IntArray
-    word_idf: FloatArray
+    ids: list[int]
+    weights: list[float]
+    word_ids: list[int]
+    word_pos: list[int]
+    word_idf: list[float]
     unknown_idf: float
 
 
 class _Postings:
     """Feature → (row, weight) lists in CSR form, summed with one ``bincount``."""
 
-    __slots__ = ("indptr", "rows", "weights", "n_rows")
+    __slots__ = ("indptr", "indptr_view", "rows", "weights", "n_rows")
 
     def __init__(
         self, feat: IntArray, row: IntArray, weight: FloatArray, n_feats: int, n_rows: int
@@ -119,18 +142,27 @@ class _Postings:
         counts = np.bincount(feat, minlength=n_feats)
         self.indptr = np.zeros(n_feats + 1, dtype=np.int64)
         np.cumsum(counts, out=self.indptr[1:])
+        self.indptr_view: Sequence[int] = self.indptr.data  # Python ints, no numpy call
         self.n_rows = n_rows
 
-    def dot(self, ids: IntArray, weights: FloatArray) -> npt.NDArray[np.float64]:
-        starts = self.indptr[ids]
-        ends = self.indptr[ids + 1]
-        lengths = ends - starts
-        if lengths.sum() == 0:
+    def dot(self, ids: Sequence[int], weights: Sequence[float]) -> npt.NDArray[np.float64]:
+        """Sum of ``weights[i]`` × row weights over the postings of ``ids[i]``, per row."""
+        indptr, rows, vals = self.indptr_view, self.rows, self.weights
+        lengths: list[int] = []
+        row_parts: list[IntArray] = []
+        val_parts: list[FloatArray] = []
+        for f in ids:
+            s, e = indptr[f], indptr[f + 1]
+            if e > s:
+                lengths.append(e - s)
+                row_parts.append(rows[s:e])
+                val_parts.append(vals[s:e])
+            else:
+                lengths.append(0)
+        if not row_parts:
             return np.zeros(self.n_rows)
-        rows = np.concatenate([self.rows[s:e] for s, e in zip(starts, ends, strict=True)])
-        vals = np.concatenate([self.weights[s:e] for s, e in zip(starts, ends, strict=True)])
-        vals = vals * np.repeat(weights, lengths)
-        summed = np.bincount(rows, weights=vals, minlength=self.n_rows)
+        scaled = np.concatenate(val_parts) * np.repeat(np.asarray(weights, np.float32), lengths)
+        summed = np.bincount(np.concatenate(row_parts), weights=scaled, minlength=self.n_rows)
         return summed.astype(np.float64, copy=False)
 
     @property
@@ -240,16 +272,36 @@ class SearchIndex:
         self.linear_b: FloatArray | None = None
         self.dense_centroids: FloatArray | None = None
         self.dense_presence: FloatArray | None = None
+        self._dense: FloatArray | None = None
+        self._bias: FloatArray = np.zeros(0, dtype=np.float32)
         if dense_ok:
-            # Small enough for dense feature × article matrices: one gather per query.
-            dense = np.zeros((n_feats, self.n_articles), dtype=np.float32)
+            # Small enough for dense feature × article matrices. They sit side by side
+            # in one matrix (centroids | linear weights | word presence) so that a query
+            # gathers its rows once and scores all three with one matrix product.
+            n_art = self.n_articles
+            dense = np.zeros((n_feats, 3 * n_art), dtype=np.float32)
             dense[c_feat, c_art] = cw
-            self.dense_centroids = dense
-            flags = np.zeros((n_feats, self.n_articles), dtype=np.float32)
-            flags[c_feat[presence], c_art[presence]] = 1.0
-            self.dense_presence = flags
+            dense[c_feat[presence], 2 * n_art + c_art[presence]] = 1.0
+            self.dense_centroids = dense[:, :n_art]
+            self.dense_presence = dense[:, 2 * n_art :]
+            self._dense = dense
             if train_linear:
-                self._train_linear(feat, row, w)
+                linear_w, self.linear_b = self._train_linear(feat, row, w)
+                dense[:, n_art : 2 * n_art] = linear_w
+                del linear_w
+                self.linear_w = dense[:, n_art : 2 * n_art]
+                self._bias = self.linear_b
+            else:  # no linear layer: logits are 20 × the centroid cosines
+                dense[:, n_art : 2 * n_art] = 20.0 * self.dense_centroids
+                self._bias = np.zeros(n_art, dtype=np.float32)
+        # Per stemmed word: its own feature id (-1 if unknown) and its character grams'
+        # ids; filled lazily by queries (bounded, see _word_features).
+        self._word_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+        # Element access from Python without numpy's per-call cost (no copies).
+        # (memoryview items are floats / bools / ints at run time; typeshed says int.)
+        self._idf_view: Sequence[float] = self.idf.data  # type: ignore[assignment]
+        self._knn_view: Sequence[bool] = self.knn_feature.data  # type: ignore[assignment]
+        self._article_view: Sequence[int] = self.phrasing_article.data
         self.build_seconds = time.perf_counter() - started
         logger.debug(
             "knowledge.index.built articles=%d phrasings=%d features=%d linear=%s seconds=%.2f",
@@ -262,7 +314,9 @@ class SearchIndex:
 
     # -- training ---------------------------------------------------------------------
 
-    def _train_linear(self, feat: IntArray, row: IntArray, w: FloatArray) -> None:
+    def _train_linear(
+        self, feat: IntArray, row: IntArray, w: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
         """Softmax regression on the phrasings (mini-batch SGD, vectorised over CSR).
 
         At least ten epochs and at least ~300 mini-batch updates: a small KB (a few
@@ -305,43 +359,73 @@ class SearchIndex:
                 summed = np.add.reduceat(grad[col_order], first, axis=0)
                 weights[uniq] -= lr * summed
                 bias -= 0.1 * lr * probs.sum(axis=0)
-        self.linear_w = weights
-        self.linear_b = bias
+        return weights, bias
 
     # -- query ------------------------------------------------------------------------
 
-    def _query(self, text: str) -> _Query:
-        normalised = normalise(text)
-        words = tuple(stem(w) for w in normalised.split())
-        counts = Counter(featurise(words))
+    def _word_features(self, word: str) -> tuple[int, tuple[int, ...]]:
+        """A stemmed word's feature id (-1 when unknown) and its known character grams."""
+        cached = self._word_cache.get(word)
+        if cached is None:
+            vocab = self.vocab
+            grams = tuple(g for g in map(vocab.get, _char_grams(word)) if g is not None)
+            cached = (vocab.get(word, -1), grams)
+            if len(self._word_cache) >= _WORD_CACHE_SIZE:
+                self._word_cache.clear()  # rare: a flood of unseen words; start over
+            self._word_cache[word] = cached
+        return cached
+
+    def _query(self, text: str) -> _Query | None:
+        """The query's words and unit TF-IDF vector (``None``: no known feature).
+
+        Plain Python over the few dozen features of a query (the arrays are read through
+        memoryviews): numpy's per-call cost would outweigh the arithmetic here.
+        """
+        words = tuple(map(stem, normalise(text).split()))
+        word_features = self._word_features
         ids: list[int] = []
-        tfs: list[float] = []
-        for f, c in counts.items():
-            fid = self.vocab.get(f)
-            if fid is not None:
-                ids.append(fid)
-                tfs.append(1.0 + math.log(c))
-        id_arr = np.asarray(ids, dtype=np.int32)
-        weights = np.asarray(tfs, dtype=np.float32) * self.idf[id_arr]
-        norm = float(np.sqrt(weights @ weights)) if len(ids) else 1.0
-        weights = weights / norm
-        content = {w for w in words if w not in STOP_WORDS} or set(words)
+        for w in words:
+            wid, grams = word_features(w)
+            if wid >= 0:
+                ids.append(wid)
+            ids.extend(grams)
+        if len(words) > 1:
+            get = self.vocab.get
+            for a, b in zip(words, words[1:], strict=False):
+                bid = get(f"{a} {b}")
+                if bid is not None:
+                    ids.append(bid)
+        if not ids:
+            return None
+        idf = self._idf_view
+        unique = list(dict.fromkeys(ids))
+        if len(unique) == len(ids):
+            weights = [idf[f] for f in unique]
+        else:  # some feature repeats: sublinear TF
+            counts = Counter(ids)
+            weights = [idf[f] * (1.0 + math.log(counts[f])) for f in unique]
+        norm = math.sqrt(sum(x * x for x in weights))
+        weights = [x / norm for x in weights]
+        # Coverage: the content words (all words when there are none), each once.
+        content = [w for w in words if w not in STOP_WORDS] or words
         word_ids: list[int] = []
+        word_pos: list[int] = []
         unknown = 0.0
-        for word in content:
-            fid = self.vocab.get(word)
-            if fid is None:
+        for w in set(content):
+            wid = word_features(w)[0]
+            if wid < 0:
                 unknown += self.max_idf
             else:
-                word_ids.append(fid)
-        wid = np.asarray(word_ids, dtype=np.int32)
+                word_ids.append(wid)
+                word_pos.append(unique.index(wid))
         return _Query(
             words=words,
             normalised=" ".join(words),
-            ids=id_arr,
-            weights=weights.astype(np.float32),
-            word_ids=wid,
-            word_idf=self.idf[wid],
+            ids=unique,
+            weights=weights,
+            word_ids=word_ids,
+            word_pos=word_pos,
+            word_idf=[idf[f] for f in word_ids],
             unknown_idf=unknown,
         )
 
@@ -357,96 +441,129 @@ class SearchIndex:
         if self.n_articles == 0:
             return []
         q = self._query(text)
-        if len(q.ids) == 0:
+        if q is None:
             return []
-        if self.dense_centroids is not None:
-            cent = q.weights @ self.dense_centroids[q.ids]
+        n_art = self.n_articles
+        total_idf = sum(q.word_idf) + q.unknown_idf
+        if self._dense is not None:
+            # One gather of the query's rows and one product give, side by side, the
+            # centroid cosines, the linear logits and (second row) the IDF mass of the
+            # query's content words present in each article.
+            cov_row = [0.0] * len(q.ids)
+            for pos, value in zip(q.word_pos, q.word_idf, strict=True):
+                cov_row[pos] = value
+            coef = np.array((q.weights, cov_row), dtype=np.float32)
+            scored = (coef @ self._dense[q.ids]).reshape(6, n_art)
+            # rows: 0 centroid, 1 logit, 2 (free: softmax numerators), 5 coverage mass
+            logits = scored[1]
+            logits += self._bias
+            top_logit = float(logits.max())
+            exp = np.exp(logits - top_logit, out=scored[2])
+            total = float(exp.sum())
+            by_scorers = _top_fused(scored[0], exp, total, fusion)
         else:
             cent = self.centroids.dot(q.ids, q.weights)
-        total_idf = float(q.word_idf.sum()) + q.unknown_idf
-        coverage: npt.NDArray[np.floating[Any]]
-        if not len(q.word_ids) or total_idf <= 0:
-            coverage = np.zeros(self.n_articles)
-        elif self.dense_presence is not None:
-            coverage = (q.word_idf @ self.dense_presence[q.word_ids]) / total_idf
-        else:
-            coverage = self.presence.dot(q.word_ids, q.word_idf) / total_idf
-        if self.linear_w is not None and self.linear_b is not None:
-            logits = q.weights @ self.linear_w[q.ids] + self.linear_b
-        else:
+            if q.word_ids and total_idf > 0:
+                coverage = self.presence.dot(q.word_ids, q.word_idf)
+            else:
+                coverage = np.zeros(n_art)
             logits = cent * 20.0
-        top_logit = float(logits.max())
-        probs = np.exp(logits - top_logit)
-        total = float(probs.sum())
-        probs /= total
+            top_logit = float(logits.max())
+            exp = np.exp(logits - top_logit)
+            total = float(exp.sum())
+            if fusion[0] >= 0.0 and fusion[3] >= 0.0:
+                # The softmax ranks exactly as the cosine here (no linear layer), and
+                # only the few articles sharing a word with the query have one > 0.
+                by_scorers = _top(cent, _PER_SCORER)
+            else:
+                by_scorers = _top_fused(cent, exp, total, fusion)
         energy = top_logit + math.log(total)
 
-        knn_mask = self.knn_feature[q.ids]
-        knn_w = q.weights[knn_mask]
-        knn_norm = float(np.sqrt(knn_w @ knn_w))
+        # knn over the phrasings: content words and bigrams, renormalised.
+        knn = self._knn_view
+        knn_ids = [f for f in q.ids if knn[f]]
+        knn_w = [w for f, w in zip(q.ids, q.weights, strict=True) if knn[f]]
+        knn_norm = math.sqrt(sum(w * w for w in knn_w))
+        top_list: list[int] = []
+        top_scores: list[float] = []
         if knn_norm > 0:
-            phr = self.phrasings.dot(q.ids[knn_mask], knn_w / knn_norm)
-        else:
-            phr = np.zeros(self.n_phrasings)
-        top_p = np.asarray(_top(phr, _TOP_PHRASINGS), dtype=np.int64)
-        top_list = top_p.tolist()
-        top_scores = phr[top_p].tolist()
-        top_articles = self.phrasing_article[top_p].tolist()
+            phr = self.phrasings.dot(knn_ids, [w / knn_norm for w in knn_w])
+            hit = (phr > 0).nonzero()[0]  # every posting weight is positive
+            values = phr[hit]
+            if len(hit) > _TOP_PHRASINGS:
+                part = np.argpartition(values, len(hit) - _TOP_PHRASINGS)[-_TOP_PHRASINGS:]
+                hit = hit[part]
+                values = values[part]
+            # best first, ties: lower phrasing index
+            ranked_hits = sorted(zip([-v for v in values.tolist()], hit.tolist(), strict=True))
+            top_scores = [-s for s, _ in ranked_hits]
+            top_list = [p for _, p in ranked_hits]
+        article_of = self._article_view
+        top_articles = [article_of[p] for p in top_list]
         best1: dict[int, float] = {}
         top3: dict[int, list[float]] = {}
         for a, s in zip(top_articles, top_scores, strict=True):
-            if s <= 0.0:
-                break
-            if a not in best1:
+            t3 = top3.get(a)
+            if t3 is None:
                 best1[a] = s
                 top3[a] = [s]
-            elif len(top3[a]) < 3:
-                top3[a].append(s)
-        n_fuzz = min(_FUZZ_PHRASINGS, len(top_list))
-        texts = [self.phrasing_text[p] for p in top_list[:n_fuzz]]
-        set_scores = process.cdist([q.normalised], texts, scorer=fuzz.token_set_ratio)[0]
-        ratio_scores = process.cdist([q.normalised], texts, scorer=fuzz.ratio)[0]
+            elif len(t3) < 3:
+                t3.append(s)
         best_fuzz: dict[int, float] = {}
-        for a, fs, rs in zip(
-            top_articles[:n_fuzz], set_scores.tolist(), ratio_scores.tolist(), strict=True
-        ):
-            value = (fs + rs) / 200.0
-            if value > best_fuzz.get(a, 0.0):
-                best_fuzz[a] = value
+        if top_list:
+            query_text = q.normalised
+            texts = self.phrasing_text
+            set_ratio, ratio = fuzz.token_set_ratio, fuzz.ratio
+            for p, a in zip(top_list[:_FUZZ_PHRASINGS], top_articles, strict=False):
+                t = texts[p]
+                value = (set_ratio(query_text, t) + ratio(query_text, t)) / 200.0
+                if value > best_fuzz.get(a, 0.0):
+                    best_fuzz[a] = value
 
-        pool: set[int] = set(best1)
-        pool.update(_top(cent, _PER_SCORER))
-        if self.linear_w is not None:  # else probs rank exactly as cent
-            pool.update(_top(probs, _PER_SCORER))
+        pool = set(by_scorers)
+        pool.update(best1)
+        members = list(pool)
+        if self._dense is not None:
+            gathered = scored[:, members].tolist()
+            f_cents, f_logits, f_exps, f_covs = (gathered[c] for c in (0, 1, 2, 5))
+        else:  # large KB: gather only the pooled articles, no full-size copies
+            f_cents = cent[members].tolist()
+            f_logits = logits[members].tolist()
+            f_exps = exp[members].tolist()
+            f_covs = coverage[members].tolist()
+        cov_scale = 1.0 / total_idf if q.word_ids and total_idf > 0 else 0.0
         w_lin, w_knn, w_top3, w_cent, w_fuzz = fusion
-        rows: list[tuple[int, float, float, float, float, float, float, float, float]] = []
-        for a in pool:
+        rows_out: list[tuple[float, int, int]] = []
+        for i, a in enumerate(members):
             t3 = top3.get(a)
-            f_top3 = sum(t3) / 3.0 if t3 else 0.0
-            f_best = best1.get(a, 0.0)
-            f_fuzz = best_fuzz.get(a, 0.0)
-            f_lin = float(probs[a])
-            f_cent = float(cent[a])
-            score = w_lin * f_lin + w_knn * f_best + w_top3 * f_top3 + w_cent * f_cent
-            score += w_fuzz * f_fuzz
-            row = (
-                a,
-                score,
-                f_lin,
-                f_best,
-                f_top3,
-                f_cent,
-                f_fuzz,
-                float(coverage[a]),
-                float(logits[a]),
-            )
-            rows.append(row)
-        rows.sort(key=lambda r: (-r[1], r[0]))
+            score = w_lin * (f_exps[i] / total) + w_knn * best1.get(a, 0.0)
+            score += w_top3 * (sum(t3) / 3.0 if t3 else 0.0) + w_cent * f_cents[i]
+            score += w_fuzz * best_fuzz.get(a, 0.0)
+            rows_out.append((-score, a, i))
+        if not rows_out:  # nothing shares a scored feature with the query
+            return []
+        rows_out.sort()
         log_len = math.log(1 + len(q.words))
         out: list[Candidate] = []
-        for i, r in enumerate(rows[: max(limit, 1)]):
-            other = rows[1][1] if i == 0 and len(rows) > 1 else (rows[0][1] if i else 0.0)
-            out.append(Candidate(r[0], r[1], (r[1], r[1] - other, *r[2:], log_len, energy)))
+        first = -rows_out[0][0]
+        second = -rows_out[1][0] if len(rows_out) > 1 else 0.0
+        for rank, (neg, a, i) in enumerate(rows_out[: max(limit, 1)]):
+            score = -neg
+            t3 = top3.get(a)
+            features = (
+                score,
+                score - (second if rank == 0 else first),
+                f_exps[i] / total,
+                best1.get(a, 0.0),
+                sum(t3) / 3.0 if t3 else 0.0,
+                f_cents[i],
+                best_fuzz.get(a, 0.0),
+                f_covs[i] * cov_scale,
+                f_logits[i],
+                log_len,
+                energy,
+            )
+            out.append(Candidate(a, score, features))
         return out
 
     @property
@@ -454,7 +571,6 @@ class SearchIndex:
         """Approximate memory held by the numeric arrays of the index."""
         total = self.phrasings.nbytes + self.centroids.nbytes + self.presence.nbytes
         total += self.idf.nbytes + self.phrasing_article.nbytes
-        for dense in (self.linear_w, self.dense_centroids, self.dense_presence):
-            if dense is not None:
-                total += dense.nbytes
+        if self._dense is not None:  # linear_w and the dense_* matrices are views of it
+            total += self._dense.nbytes
         return int(total)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from knowledge.cli import app
 from knowledge.converters import import_banking77, import_clinc150
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "kb"
+if not DATA.is_dir() and os.environ.get("CI", "").lower() == "true":
+    raise RuntimeError(f"{DATA} is missing: under CI=true the shared data must be there")
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir(), reason="../shared/data is not beside the checkout"
 )

@@ -1,0 +1,180 @@
+"""The index's query path: its shortcuts must give what the plain definitions give."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from knowledge import KnowledgeBase
+from knowledge import index as index_module
+from knowledge.calibration import DEFAULT, N_FEATURES, Calibration
+from knowledge.index import SearchIndex, _Postings, _top
+
+SAMPLE = Path(__file__).resolve().parents[2] / "knowledge" / "sample"
+
+
+def test_postings_dot_matches_a_dense_product() -> None:
+    rng = np.random.default_rng(3)
+    n_feats, n_rows = 40, 25
+    dense = rng.random((n_feats, n_rows)).astype(np.float32)
+    dense[rng.random((n_feats, n_rows)) < 0.7] = 0.0
+    dense[7] = 0.0  # a feature without postings
+    feat, row = np.nonzero(dense)
+    postings = _Postings(
+        feat.astype(np.int32),
+        row.astype(np.int32),
+        dense[feat, row],
+        n_feats,
+        n_rows,
+    )
+    ids = [3, 7, 12, 39]
+    weights = [0.5, 2.0, 0.25, 1.5]
+    expected = np.asarray(weights, np.float32) @ dense[ids]
+    np.testing.assert_allclose(postings.dot(ids, weights), expected, rtol=1e-5, atol=1e-6)
+    assert not postings.dot([7], [1.0]).any()
+
+
+@pytest.mark.parametrize("n", [5, 8, 300, 3000])
+def test_top_returns_the_k_largest_positive_scores(n: int) -> None:
+    rng = np.random.default_rng(n)
+    scores = rng.normal(size=n)
+    got = sorted(_top(scores, 8))
+    order = np.argsort(-scores, kind="stable")
+    expected = sorted(int(i) for i in order[:8] if scores[i] > 0)
+    assert got == expected
+
+
+def test_confidences_match_confidence_row_by_row() -> None:
+    rng = random.Random(5)
+    fitted = Calibration(
+        mean=tuple(rng.uniform(-1, 1) for _ in range(N_FEATURES)),
+        scale=tuple(rng.uniform(0.5, 2) for _ in range(N_FEATURES)),
+        coef=tuple(rng.uniform(-2, 2) for _ in range(N_FEATURES)),
+        intercept=0.3,
+        answer_threshold=0.6,
+        suggest_threshold=0.3,
+    )
+    rows = [tuple(rng.uniform(-3, 3) for _ in range(N_FEATURES)) for _ in range(6)]
+    for calibration in (DEFAULT, fitted):
+        batch = calibration.confidences(rows)
+        for row, conf in zip(rows, batch, strict=True):
+            assert conf == pytest.approx(calibration.confidence(row), rel=1e-9, abs=1e-12)
+    assert fitted.confidences([]) == []
+    with pytest.raises(ValueError):
+        fitted.confidences([(1.0, 2.0)])
+
+
+@pytest.fixture(scope="module")
+def sample_kb() -> KnowledgeBase:
+    return KnowledgeBase.load(SAMPLE)
+
+
+QUERIES = [
+    "vpn keeps dropping when I work from home",
+    "I forgot my password and I'm locked out",
+    "new laptop for a starter",
+    "printer printers printing",  # repeated stems: sublinear TF
+    "zzzz qqqq",
+]
+
+
+def _naive_query(index: SearchIndex, text: str) -> tuple[dict[int, float], dict[int, float]]:
+    """The query's unit TF-IDF vector and content-word IDFs, straight from the definition."""
+    words = [index_module.stem(w) for w in index_module.normalise(text).split()]
+    counts: dict[int, int] = {}
+    for feature in index_module.featurise(words):
+        fid = index.vocab.get(feature)
+        if fid is not None:
+            counts[fid] = counts.get(fid, 0) + 1
+    raw = {f: (1.0 + math.log(c)) * float(index.idf[f]) for f, c in counts.items()}
+    norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
+    content = {w for w in words if w not in index_module.STOP_WORDS} or set(words)
+    word_idf = {
+        index.vocab[w]: float(index.idf[index.vocab[w]]) for w in content if w in index.vocab
+    }
+    return {f: v / norm for f, v in raw.items()}, word_idf
+
+
+@pytest.mark.parametrize("text", QUERIES)
+def test_query_vector_matches_the_definition(sample_kb: KnowledgeBase, text: str) -> None:
+    index = sample_kb.index
+    vector, word_idf = _naive_query(index, text)
+    q = index._query(text)
+    if not vector:
+        assert q is None
+        return
+    assert q is not None
+    got = dict(zip(q.ids, q.weights, strict=True))
+    assert got.keys() == vector.keys()
+    for f, v in vector.items():
+        assert got[f] == pytest.approx(v, rel=1e-5)
+    assert dict(zip(q.word_ids, q.word_idf, strict=True)) == pytest.approx(word_idf)
+    for fid, pos in zip(q.word_ids, q.word_pos, strict=True):
+        assert q.ids[pos] == fid
+
+
+@pytest.mark.parametrize("text", QUERIES[:4])
+def test_candidate_features_hang_together(sample_kb: KnowledgeBase, text: str) -> None:
+    index = sample_kb.index
+    found = index.candidates(text, DEFAULT.fusion, limit=5)
+    assert found
+    scores = [c.score for c in found]
+    assert scores == sorted(scores, reverse=True)
+    w_lin, w_knn, w_top3, w_cent, w_fuzz = DEFAULT.fusion
+    vector, word_idf = _naive_query(index, text)
+    words = [index_module.stem(w) for w in index_module.normalise(text).split()]
+    content = {w for w in words if w not in index_module.STOP_WORDS} or set(words)
+    unknown = sum(w not in index.vocab for w in content)
+    total_idf = sum(word_idf.values()) + unknown * index.max_idf
+    assert index.dense_centroids is not None
+    for rank, c in enumerate(found):
+        (score, margin, prob, best, top3, cent, fz, coverage, _logit, log_len, _e) = c.features
+        assert score == pytest.approx(
+            w_lin * prob + w_knn * best + w_top3 * top3 + w_cent * cent + w_fuzz * fz
+        )
+        other = scores[1] if rank == 0 else scores[0]
+        assert margin == pytest.approx(score - (other if len(scores) > 1 else 0.0))
+        assert 0.0 <= prob <= 1.0 and 0.0 <= fz <= 1.0 and top3 <= best + 1e-9
+        expected_cent = sum(
+            v * float(index.dense_centroids[f, c.article]) for f, v in vector.items()
+        )
+        assert cent == pytest.approx(expected_cent, rel=1e-4, abs=1e-6)
+        assert index.dense_presence is not None
+        present = sum(v for f, v in word_idf.items() if index.dense_presence[f, c.article] > 0)
+        assert coverage == pytest.approx(present / total_idf, rel=1e-5, abs=1e-7)
+        assert log_len == pytest.approx(math.log(1 + len(index_module.normalise(text).split())))
+
+
+def test_word_cache_is_bounded_and_does_not_change_results(
+    sample_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = sample_kb.index
+    before = [index.candidates(t, DEFAULT.fusion) for t in QUERIES]
+    monkeypatch.setattr(index_module, "_WORD_CACHE_SIZE", 3)
+    index._word_cache.clear()
+    after = [index.candidates(t, DEFAULT.fusion) for t in QUERIES]
+    assert len(index._word_cache) <= 3
+    assert after == before
+
+
+def test_sparse_index_of_a_large_kb_ranks_and_refuses(
+    sample_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the dense budget (forced here) the sparse path ranks like the dense one."""
+    monkeypatch.setattr(index_module, "LINEAR_BUDGET", 0)
+    sparse = KnowledgeBase.from_articles(list(sample_kb.articles.values()))
+    assert sparse.index.dense_centroids is None and sparse.index.linear_w is None
+    for text in QUERIES[:2]:
+        dense_best = sample_kb.search(text).best
+        sparse_best = sparse.search(text).best
+        assert dense_best is not None and sparse_best is not None
+        assert sparse_best.article.id == dense_best.article.id
+    # One stop word: only character grams are known, which neither the sparse
+    # centroids nor the phrasing postings hold, so nothing is a candidate.
+    assert sparse.index._query("the") is not None
+    result = sparse.search("the")
+    assert result.decision == "refuse" and result.matches == []
