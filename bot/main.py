@@ -255,6 +255,7 @@ def build_channels(core: Core) -> list[Channel]:
                     starttls=es.smtp_starttls,
                 ),
                 handle=core.manager.handle,
+                claim_archive=core.manager.claim_archive,
             )
         )
     return channels

@@ -106,6 +106,17 @@ class ConversationManager:
             self._on_enqueued()
         return result
 
+    async def claim_archive(
+        self, channel: str, external_id: str, *, stale_after: timedelta = timedelta(minutes=5)
+    ) -> bool:
+        """May the caller do the platform-side clean-up of a handled message (move an
+        email to the processed folder)? One caller wins; a claim whose holder died is
+        taken over after ``stale_after``."""
+        async with self.db.transaction() as session:
+            return await Receipts(session).claim_archive(
+                channel, external_id, now=self.clock.now(), stale_after=stale_after
+            )
+
     async def _handle_locked(
         self, inbound: Inbound
     ) -> tuple[HandleResult, list[ConversationEvent]]:

@@ -243,6 +243,9 @@ class InboundReceipt(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[int | None] = mapped_column(Id)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # when a poller claimed the platform-side clean-up (an IMAP move), so that two
+    # pollers racing on one mailbox archive a message once
+    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class InboxRow(Base):

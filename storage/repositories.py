@@ -114,6 +114,25 @@ class Receipts:
             .values(status=status, reason=reason, message_id=message_id)
         )
 
+    async def claim_archive(
+        self, channel: str, external_id: str, *, now: datetime, stale_after: timedelta
+    ) -> bool:
+        """True for exactly one caller per receipt, unless an earlier claim went stale
+        (its claimer died before finishing), in which case one more caller wins."""
+        result = await self.session.execute(
+            update(InboundReceipt)
+            .where(
+                InboundReceipt.channel == channel,
+                InboundReceipt.external_id == external_id,
+                or_(
+                    InboundReceipt.archived_at.is_(None),
+                    InboundReceipt.archived_at < now - stale_after,
+                ),
+            )
+            .values(archived_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def get(self, channel: str, external_id: str) -> InboundReceipt | None:
         return (
             await self.session.execute(

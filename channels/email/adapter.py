@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.errors import ConfigError, PermanentError, TransientError
@@ -76,12 +76,16 @@ class EmailChannel:
         parse_limits: ParseLimits = DEFAULT_LIMITS,
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
+        claim_archive: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.desk_address = desk_address
         self.secret = secret
         self.imap = imap
         self.smtp = SmtpSender(smtp)
         self.handle = handle
+        # asks the core who moves a handled mail, so two pollers archive it once
+        self.claim_archive = claim_archive
+        self._moved_elsewhere: set[int] = set()
         self.desk_name = desk_name
         self.policy = policy or IngestPolicy()
         self.parse_limits = parse_limits
@@ -317,9 +321,12 @@ class EmailChannel:
                 done.append(mail.uid)
             elif outcome:
                 failed.append((mail.uid, outcome))
-        # move what the core has committed before giving up on the session
-        if done and self.imap.processed_folder:
-            await connection.move(done, self.imap.processed_folder)
+        # move what the core has committed before giving up on the session; a mail
+        # another poller claimed to move is left to it
+        to_move = [uid for uid in done if uid not in self._moved_elsewhere]
+        self._moved_elsewhere.difference_update(done)
+        if to_move and self.imap.processed_folder:
+            await connection.move(to_move, self.imap.processed_folder)
         for uid in done:
             self._retry_at.pop(uid, None)
             self._failures.pop((connection.uidvalidity or 0, uid), None)
@@ -348,6 +355,12 @@ class EmailChannel:
             raise _Systemic(f"core unavailable: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             return self._failed(uidvalidity, mail.uid, "handle", exc)
+        if (
+            self.claim_archive is not None
+            and self.imap.processed_folder
+            and not await self.claim_archive(inbound.channel, inbound.external_id)
+        ):
+            self._moved_elsewhere.add(mail.uid)
         logger.info(
             "email.inbound.%s uid=%s kind=%s conversation=%s",
             "duplicate" if result.duplicate else "handled",

@@ -125,3 +125,19 @@ async def test_database_outage_is_a_transient_error(desk: Desk) -> None:
     desk.core.manager._handle_locked = broken  # type: ignore[method-assign]
     with pytest.raises(TransientError):
         await desk.core.manager.handle(desk.inbound("hi"))
+
+
+async def test_archive_claim_is_won_once_and_taken_over_when_stale(desk: Desk) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    inbound = desk.inbound("printer jammed")
+    await desk.core.manager.handle(inbound)
+    claims = await asyncio.gather(
+        *(desk.core.manager.claim_archive(inbound.channel, inbound.external_id) for _ in range(4))
+    )
+    assert sorted(claims) == [False, False, False, True]
+    desk.clock.advance(minutes=6)  # the winner died before finishing: one more may take it
+    assert await desk.core.manager.claim_archive(
+        inbound.channel, inbound.external_id, stale_after=timedelta(minutes=5)
+    )

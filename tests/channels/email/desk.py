@@ -124,6 +124,7 @@ class EmailDesk:
             imap=self.imap_settings(**imap),
             smtp=self.smtp_settings(),
             handle=handle or self.record,
+            claim_archive=self.core.manager.claim_archive,
             policy=policy,
             parse_limits=limits,
         )
