@@ -200,12 +200,14 @@ async def test_r26_server_closes_during_idle_and_restarts(email_desk: EmailDesk)
     # the whole server goes away (its shutdown blocks, so it runs in a thread)
     stopping = asyncio.ensure_future(asyncio.to_thread(desk.dovecot.stop))
     try:
-        await asyncio.wait_for(channel.disconnected.wait(), 15)
+        # noticed at once when the server closes the socket, and at the latest when the
+        # IDLE period (one poll interval, 30 s here) ends and the next command fails
+        await asyncio.wait_for(channel.disconnected.wait(), 45)
     finally:
         await stopping
         await asyncio.to_thread(desk.dovecot.start)
     await desk.deliver(mail("", message_id="r26-b"))
-    await desk.wait_results(2, timeout=15)
+    await desk.wait_results(2, timeout=45)
     assert channel.reconnects > reconnects
     assert await desk.count(Conversation) == 2
 
