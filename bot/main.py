@@ -149,13 +149,10 @@ class Runtime:
         self.http: Any = None
         self.inbox_worker = InboxWorker(self.core.inbox, self.core.manager.handle)
 
-    def _channels(self) -> list[Channel]:
-        return build_channels(self.core)
-
     async def start(self) -> None:
         try:
             await upgrade(self.core.db)
-            for channel in self._channels():
+            for channel in build_channels(self.core):
                 self.core.registry.add(channel)
             from channels.http.server import HttpServer, build_app
 

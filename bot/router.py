@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
-
 from bot import care
-from bot.catalog import Catalog, Service
+from bot.catalog import Catalog
 from bot.intents import IntentMatcher, find_ticket_number
 from bot.tickets import OPEN_STATUSES, NewTicket, TicketDesk, describe
 from bot.turn import Turn
 from bot.types import Button
-from storage.models import Outage, Ticket
+from storage.models import Ticket
 from storage.repositories import Alerts, Conversations, KnowledgeFeedback, Subscriptions, Tickets
 
 logger = logging.getLogger(__name__)
@@ -127,7 +125,6 @@ class DeskRouter:
         knowledge: KnowledgeSearch | None,
         intents: IntentMatcher | None = None,
         config: RouterConfig | None = None,
-        render: Any = None,
     ) -> None:
         self.catalog = catalog
         self.tickets = tickets
@@ -533,7 +530,6 @@ class DeskRouter:
     }
 
     async def _start_request(self, turn: Turn, kind: str) -> None:
-        self.REQUESTS[kind]
         slots: dict[str, str] = {}
         if kind == "access_request":
             found = re.search(r"access to (?:the )?(.+)$", turn.text, re.I)
@@ -588,11 +584,7 @@ class DeskRouter:
         service = self.catalog.find_service(turn.text)
         if service is None:
             return False
-        outage = (
-            await turn.session.execute(
-                select(Outage).where(Outage.service == service.id, Outage.status == "active")
-            )
-        ).scalar_one_or_none()
+        outage = await Subscriptions(turn.session).active_outage(service.id)
         if outage is None:
             return False
         await Subscriptions(turn.session).add(turn.person.id, service.id, now=turn.now)
@@ -819,28 +811,21 @@ class DeskRouter:
             )
             turn.routed("flow.incident", "asking which service")
             return
-        if "impact" not in slots:
-            self._set_flow(turn, {**flow, "asking": "impact"})
-            turn.say(
-                "How many people are affected?",
-                buttons=[
-                    Button(label.capitalize(), f"impact:{level}")
-                    for level, label in sorted(self.catalog.impact_levels.items())
-                ],
-            )
-            turn.routed("flow.incident", "asking impact")
-            return
-        if "urgency" not in slots:
-            self._set_flow(turn, {**flow, "asking": "urgency"})
-            turn.say(
-                "How badly does it block your work?",
-                buttons=[
-                    Button(label.capitalize(), f"urgency:{level}")
-                    for level, label in sorted(self.catalog.urgency_levels.items())
-                ],
-            )
-            turn.routed("flow.incident", "asking urgency")
-            return
+        for slot, question, levels in (
+            ("impact", "How many people are affected?", self.catalog.impact_levels),
+            ("urgency", "How badly does it block your work?", self.catalog.urgency_levels),
+        ):
+            if slot not in slots:
+                self._set_flow(turn, {**flow, "asking": slot})
+                turn.say(
+                    question,
+                    buttons=[
+                        Button(label.capitalize(), f"{slot}:{level}")
+                        for level, label in sorted(levels.items())
+                    ],
+                )
+                turn.routed("flow.incident", f"asking {slot}")
+                return
         self._clear_flow(turn)
         description = str(slots["description"])
         title = description.splitlines()[0][:120]
@@ -919,7 +904,3 @@ class DeskRouter:
     def _group_name(self, group_id: str | None) -> str:
         group = self.catalog.groups.get(group_id or "")
         return group.name if group else "service desk"
-
-    @staticmethod
-    def service_choice(service: Service) -> Button:
-        return Button(service.name, f"service:{service.id}")

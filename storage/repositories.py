@@ -23,6 +23,7 @@ from storage.models import (
     Identity,
     InboundReceipt,
     Message,
+    Outage,
     OutboxRow,
     Person,
     RefusedQuery,
@@ -534,21 +535,6 @@ class Outbox:
         )
         return {status: int(count) for status, count in rows.all()}
 
-    async def pending_for(self, conversation_id: int) -> int:
-        result = await self.session.execute(
-            select(func.count(OutboxRow.id)).where(
-                OutboxRow.conversation_id == conversation_id,
-                OutboxRow.status.in_(["pending", "sending"]),
-            )
-        )
-        return int(result.scalar_one())
-
-    async def by_status(self, status: str, *, limit: int = 100) -> list[OutboxRow]:
-        rows = await self.session.execute(
-            select(OutboxRow).where(OutboxRow.status == status).order_by(OutboxRow.id).limit(limit)
-        )
-        return list(rows.scalars())
-
 
 class Tickets:
     """Tickets, their numbers and event log."""
@@ -732,6 +718,17 @@ class Subscriptions:
             select(Subscription.service).where(Subscription.person_id == person_id)
         )
         return sorted(rows.scalars())
+
+    async def active_outage(self, service: str) -> Outage | None:
+        """The active broadcast outage on a service, if any (what subscribers hear about)."""
+        return (
+            await self.session.execute(
+                select(Outage)
+                .where(Outage.service == service, Outage.status == "active")
+                .order_by(Outage.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
 
     async def subscribers(self, service: str) -> list[int]:
         rows = await self.session.execute(

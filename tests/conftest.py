@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,6 @@ class Desk:
     clock: ManualClock
     _counter: int = 0
     _seen: int = 0
-    people: dict[str, Sender] = field(default_factory=dict)
 
     def inbound(
         self,
