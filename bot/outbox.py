@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, update
 from bot.clock import Clock
 from bot.errors import ConfigError, PermanentError, RateLimited, TransientError
 from bot.events import ConversationEvent, EventBus
-from bot.ports import ChannelRegistry, Reconciling
+from bot.ports import Channel, ChannelRegistry, Reconciling
 from bot.types import Delivery, Outbound
 from storage.db import Database
 from storage.models import OutboxRow
@@ -198,45 +198,66 @@ class OutboxDispatcher:
     async def _send_channel(
         self, kind: str, items: list[tuple[int, int, Outbound]]
     ) -> list[_Outcome]:
+        """Send one channel's share of a batch.
+
+        A channel that declares ``send_concurrency`` > 1 (the email channel's SMTP
+        connection pool) gets that many sends in flight; one conversation's replies
+        always go one after the other, in the order they were queued.
+        """
         channel = self.registry.get(kind)
-        outcomes: list[_Outcome] = []
-        for row_id, _attempts, outbound in items:
-            if channel is None:
-                outcomes.append(_Outcome(row_id, error=PermanentError(f"no channel {kind!r}")))
-                continue
-            paused = self._paused_until.get(kind)
-            if paused is not None and paused > self.clock.now():
-                outcomes.append(
-                    _Outcome(
-                        row_id,
-                        error=RateLimited(
-                            "channel paused",
-                            retry_after=(paused - self.clock.now()).total_seconds(),
-                        ),
-                    )
-                )
-                continue
-            bucket = self._bucket(kind, channel)
-            if bucket is not None:
-                await bucket.take()
-            try:
-                delivery = await asyncio.wait_for(
-                    channel.send(outbound), timeout=self.policy.send_timeout
-                )
-                outcomes.append(_Outcome(row_id, delivery=delivery))
-            except RateLimited as exc:
-                wait = exc.retry_after if exc.retry_after is not None else 1.0
-                self._paused_until[kind] = self.clock.now() + timedelta(seconds=wait)
-                logger.warning("outbox.rate_limited channel=%s retry_after=%.1f", kind, wait)
-                outcomes.append(_Outcome(row_id, error=exc))
-            except TimeoutError:
-                outcomes.append(_Outcome(row_id, error=TransientError("send timed out")))
-            except (TransientError, PermanentError, ConfigError) as exc:
-                outcomes.append(_Outcome(row_id, error=exc))
-            except Exception as exc:
-                logger.exception("outbox.send.crashed channel=%s outbox_id=%s", kind, row_id)
-                outcomes.append(_Outcome(row_id, error=TransientError(repr(exc))))
-        return outcomes
+        concurrency = max(1, int(getattr(channel, "send_concurrency", 1) or 1))
+        if concurrency == 1 or len(items) == 1:
+            return [await self._send_one(kind, channel, item) for item in items]
+        lanes: dict[int | None, list[tuple[int, int, Outbound]]] = {}
+        for item in items:
+            lanes.setdefault(item[2].conversation_id, []).append(item)
+        gate = asyncio.Semaphore(concurrency)
+        outcomes: dict[int, _Outcome] = {}
+
+        async def lane(queue: list[tuple[int, int, Outbound]]) -> None:
+            for item in queue:
+                async with gate:
+                    outcomes[item[0]] = await self._send_one(kind, channel, item)
+
+        await asyncio.gather(*(lane(queue) for queue in lanes.values()))
+        return [outcomes[row_id] for row_id, _, _ in items]
+
+    async def _send_one(
+        self, kind: str, channel: Channel | None, item: tuple[int, int, Outbound]
+    ) -> _Outcome:
+        row_id, _attempts, outbound = item
+        if channel is None:
+            return _Outcome(row_id, error=PermanentError(f"no channel {kind!r}"))
+        paused = self._paused_until.get(kind)
+        if paused is not None and paused > self.clock.now():
+            return _Outcome(
+                row_id,
+                error=RateLimited(
+                    "channel paused",
+                    retry_after=(paused - self.clock.now()).total_seconds(),
+                ),
+            )
+        bucket = self._bucket(kind, channel)
+        if bucket is not None:
+            await bucket.take()
+        try:
+            delivery = await asyncio.wait_for(
+                channel.send(outbound),
+                timeout=self.policy.send_timeout,
+            )
+            return _Outcome(row_id, delivery=delivery)
+        except RateLimited as exc:
+            wait = exc.retry_after if exc.retry_after is not None else 1.0
+            self._paused_until[kind] = self.clock.now() + timedelta(seconds=wait)
+            logger.warning("outbox.rate_limited channel=%s retry_after=%.1f", kind, wait)
+            return _Outcome(row_id, error=exc)
+        except TimeoutError:
+            return _Outcome(row_id, error=TransientError("send timed out"))
+        except (TransientError, PermanentError, ConfigError) as exc:
+            return _Outcome(row_id, error=exc)
+        except Exception as exc:
+            logger.exception("outbox.send.crashed channel=%s outbox_id=%s", kind, row_id)
+            return _Outcome(row_id, error=TransientError(repr(exc)))
 
     def _bucket(self, kind: str, channel: object) -> _TokenBucket | None:
         rate = getattr(channel, "rate_per_second", None)

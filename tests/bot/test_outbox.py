@@ -145,3 +145,63 @@ def test_backoff_grows_with_jitter_and_respects_retry_after(desk: Desk) -> None:
     ceilings = [min(0.05, 0.01 * 2 ** (n - 1)) for n in range(1, 8)]
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     assert dispatcher.backoff(1, retry_after=30) == 30
+
+
+class Pooled:
+    """A channel with several sends in flight at once, like the SMTP connection pool."""
+
+    kind = "pooled"
+    send_concurrency = 3
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.order: list[tuple[int | None, str]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, outbound: Outbound) -> Delivery:
+        import asyncio
+
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        # the first reply of each conversation is the slow one: a later one overtaking
+        # it would show up in ``order``
+        await asyncio.sleep(0.02 if outbound.markdown.endswith("#0") else 0.001)
+        self.in_flight -= 1
+        self.order.append((outbound.conversation_id, outbound.markdown))
+        return Delivery(platform_id=f"pooled-{len(self.order)}")
+
+
+async def test_concurrent_channel_sends_in_parallel_but_keeps_a_conversation_in_order(
+    desk: Desk,
+) -> None:
+    from storage.repositories import Outbox
+
+    pooled = Pooled()
+    desk.core.registry.add(pooled)
+    async with desk.core.db.transaction() as session:
+        for n in range(4):
+            for conversation in (1, 2, 3, 4, 5):
+                await Outbox(session).enqueue(
+                    channel="pooled",
+                    payload=Outbound(
+                        channel="pooled",
+                        address={"to": "x"},
+                        markdown=f"c{conversation} #{n}",
+                        conversation_id=conversation,
+                    ).to_json(),
+                    now=desk.clock.now(),
+                )
+    assert await desk.core.dispatcher.run_once() == 20
+    assert pooled.most_in_flight == 3  # bounded by send_concurrency, and actually parallel
+    for conversation in (1, 2, 3, 4, 5):
+        sent = [text for conv, text in pooled.order if conv == conversation]
+        assert sent == [f"c{conversation} #{n}" for n in range(4)]
+    async with desk.core.db.read() as session:
+        statuses = (await session.execute(select(OutboxRow.status))).scalars().all()
+    assert statuses == ["sent"] * 20
