@@ -7,12 +7,23 @@ own ``ON CONFLICT DO NOTHING`` so the loser sees the winner's row instead of an 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    ColumnElement,
+    TextClause,
+    TextualSelect,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -34,24 +45,53 @@ from storage.models import (
 )
 
 
-def _insert(session: AsyncSession, model: Any) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
+@functools.cache
+def _upsert(
+    model: Any,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...],
+    action: str,
+    returning: str | None = None,
+) -> TextClause | TextualSelect:
+    """``INSERT … ON CONFLICT (…) <action> [RETURNING …]`` as one cacheable statement.
+
+    SQLAlchemy 2.0 cannot cache the dialects' ``insert().on_conflict_*()`` constructs, so
+    they were compiled again on every call (several per inbound message). The syntax is
+    the same on SQLite (3.24+) and PostgreSQL; the bind parameters keep the columns'
+    types, so dates and JSON are converted exactly as the ORM converts them.
+    """
+    table = model.__table__
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + c for c in columns)}) "
+        f"ON CONFLICT ({', '.join(conflict)}) {action}"
+    )
+    if returning is not None:
+        sql += f" RETURNING {returning}"
+    stmt = text(sql).bindparams(*(bindparam(c, type_=table.c[c].type) for c in columns))
+    return stmt.columns(table.c[returning]) if returning is not None else stmt
+
+
+def _defaults(table: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The Python-side column defaults the ORM would have filled in for a text insert."""
+    out: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        if column.name in given or default is None or column.primary_key:
+            continue
+        out[column.name] = default.arg(None) if default.is_callable else default.arg
+    return out
 
 
 async def insert_ignore(
     session: AsyncSession, model: Any, values: dict[str, Any], conflict: Sequence[str]
 ) -> int | None:
     """Insert a row unless one with the same ``conflict`` columns exists; its id or None."""
-    stmt = (
-        _insert(session, model)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=list(conflict))
-        .returning(model.__table__.c[next(iter(model.__table__.primary_key.columns)).name])
-    )
-    result = await session.execute(stmt)
-    row = result.first()
+    table = model.__table__
+    pk = next(iter(table.primary_key.columns)).name
+    values = {**_defaults(table, values), **values}
+    stmt = _upsert(model, tuple(values), tuple(conflict), "DO NOTHING", pk)
+    row = (await session.execute(stmt, values)).first()
     return None if row is None else row[0]
 
 
@@ -546,16 +586,14 @@ class Tickets:
 
     async def next_number(self, kind: str) -> str:
         prefix = self.PREFIXES[kind]
-        stmt = (
-            _insert(self.session, TicketCounter)
-            .values(prefix=prefix, last_value=1)
-            .on_conflict_do_update(
-                index_elements=["prefix"],
-                set_={"last_value": TicketCounter.__table__.c.last_value + 1},
-            )
-            .returning(TicketCounter.__table__.c.last_value)
+        stmt = _upsert(
+            TicketCounter,
+            ("prefix", "last_value"),
+            ("prefix",),
+            "DO UPDATE SET last_value = ticket_counters.last_value + 1",
+            "last_value",
         )
-        value = (await self.session.execute(stmt)).scalar_one()
+        value = (await self.session.execute(stmt, {"prefix": prefix, "last_value": 1})).scalar_one()
         return f"{prefix}-{value:06d}"
 
     async def add(self, ticket: Ticket) -> Ticket:
@@ -747,13 +785,15 @@ class KnowledgeFeedback:
 
     async def bump(self, article_id: str, field: str) -> None:
         assert field in self.FIELDS
-        column = ArticleStats.__table__.c[field]
-        stmt = (
-            _insert(self.session, ArticleStats)
-            .values(article_id=article_id, **{f: int(f == field) for f in self.FIELDS})
-            .on_conflict_do_update(index_elements=["article_id"], set_={field: column + 1})
+        stmt = _upsert(
+            ArticleStats,
+            ("article_id", *self.FIELDS),
+            ("article_id",),
+            f"DO UPDATE SET {field} = kb_article_stats.{field} + 1",
         )
-        await self.session.execute(stmt)
+        await self.session.execute(
+            stmt, {"article_id": article_id, **{f: int(f == field) for f in self.FIELDS}}
+        )
 
     async def stats(self) -> dict[str, ArticleStats]:
         rows = await self.session.execute(select(ArticleStats))
