@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.clock import Clock
 from bot.errors import TransientError
 from bot.events import ConversationEvent, EventBus
-from bot.outgoing import enqueue_reply
+from bot.outgoing import enqueue_replies
 from bot.turn import Reply, Turn
 from bot.types import HandleResult, Inbound, Outbound
 from storage.db import Database
@@ -149,7 +149,7 @@ class ConversationManager:
             )
             routed = inbound.kind == "message" and conversation.state not in AGENT_STATES
             if not routed:
-                await Conversations(session).store(message)
+                await Conversations(session).store(message, conversation)
                 events.append(self._message_event(conversation, message))
             if inbound.kind != "message":
                 reason = str(inbound.meta.get("reason") or f"{inbound.kind}: stored, not answered")
@@ -202,11 +202,11 @@ class ConversationManager:
             )
             await self.router.route(turn)
             message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
-            await Conversations(session).store(message)
-            events.append(self._message_event(conversation, message))
             replies = await self._guard_loops(session, turn)
             outbox_ids = []
             if turn.escalation is not None:
+                # the agents' card shows the transcript: this message must be in it
+                await Conversations(session).store(message, conversation)
                 for surface in self.surfaces:
                     for outbound in await surface.escalated(
                         session, conversation, person, turn.escalation
@@ -218,8 +218,15 @@ class ConversationManager:
                             conversation_id=conversation.id,
                         )
                         outbox_ids.append(row.id)
-            for reply in replies:
-                out_message, row = await enqueue_reply(session, conversation, reply, now=now)
+            written = await enqueue_replies(
+                session,
+                conversation,
+                replies,
+                now=now,
+                after=None if turn.escalation is not None else message,
+            )
+            events.append(self._message_event(conversation, message))
+            for out_message, row in written:
                 outbox_ids.append(row.id)
                 events.append(
                     ConversationEvent(
@@ -274,10 +281,8 @@ class ConversationManager:
         people = People(session)
         sender = inbound.sender
         verified_email = sender.email.lower() if sender.email and sender.email_verified else None
-        identity = await people.identity(inbound.channel, sender.external_id)
-        if identity is not None:
-            person = await people.get(identity.person_id)
-            assert person is not None
+        person = await people.by_identity(inbound.channel, sender.external_id)
+        if person is not None:
             if (
                 verified_email
                 and person.email is None
@@ -293,7 +298,7 @@ class ConversationManager:
             )
         else:
             person = await people.create(display_name=sender.display_name, now=now)
-        identity = await people.link_identity(
+        owner = await people.link_identity(
             person.id,
             channel=inbound.channel,
             external_id=sender.external_id,
@@ -302,8 +307,8 @@ class ConversationManager:
             verified=verified_email is not None,
             now=now,
         )
-        if identity.person_id != person.id:  # lost a race with a concurrent first message
-            winner = await people.get(identity.person_id)
+        if owner != person.id:  # lost a race with a concurrent first message
+            winner = await people.get(owner)
             assert winner is not None
             return winner
         return person

@@ -306,8 +306,6 @@ class OutboxDispatcher:
                 )
             for outcome in others:
                 row = await session.get(OutboxRow, outcome.row_id)
-            for outcome in outcomes:
-                row = await session.get(OutboxRow, outcome.row_id)
                 if row is None or row.status != "sending":
                     continue
                 row.claimed_until = None

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Row,
     TextClause,
     TextualSelect,
     and_,
@@ -198,6 +199,16 @@ class People:
             await self.session.execute(select(Person).where(Person.email == email.lower()))
         ).scalar_one_or_none()
 
+    async def by_identity(self, channel: str, external_id: str) -> Person | None:
+        """The person behind a channel identity, in one query."""
+        return (
+            await self.session.execute(
+                select(Person)
+                .join(Identity, Identity.person_id == Person.id)
+                .where(Identity.channel == channel, Identity.external_id == external_id)
+            )
+        ).scalar_one_or_none()
+
     async def identity(self, channel: str, external_id: str) -> Identity | None:
         return (
             await self.session.execute(
@@ -249,8 +260,10 @@ class People:
         email: str | None,
         verified: bool,
         now: datetime,
-    ) -> Identity:
-        await insert_ignore(
+    ) -> int:
+        """Link a channel identity to ``person_id``; the id of the person it belongs to
+        (another one when a concurrent first message linked it first)."""
+        new_id = await insert_ignore(
             self.session,
             Identity,
             {
@@ -264,9 +277,11 @@ class People:
             },
             ("channel", "external_id"),
         )
+        if new_id is not None:
+            return person_id
         identity = await self.identity(channel, external_id)
         assert identity is not None
-        return identity
+        return identity.person_id
 
     async def mark_bouncing(self, email: str) -> bool:
         result = await self.session.execute(
@@ -405,17 +420,26 @@ class Conversations:
             meta=meta or {},
             created_at=now,
         )
-        conversation.updated_at = now
-        if direction == "in":
-            conversation.last_inbound_at = now
         if not defer:
-            await self.store(message)
+            await self.store(message, conversation)
         return message
 
-    async def store(self, message: Message) -> Message:
+    async def store(self, message: Message, conversation: Conversation) -> Message:
+        """Insert ``message`` (built with ``defer``) and mark its conversation's activity.
+
+        The conversation's timestamps change here, not when the message is built, so a
+        turn's conversation changes reach the database as one UPDATE with the INSERT.
+        """
+        self.touch(conversation, message)
         self.session.add(message)
         await self.session.flush()
         return message
+
+    @staticmethod
+    def touch(conversation: Conversation, message: Message) -> None:
+        conversation.updated_at = message.created_at
+        if message.direction == "in":
+            conversation.last_inbound_at = message.created_at
 
     async def message_by_external_id(self, channel: str, external_id: str) -> Message | None:
         return (
@@ -519,7 +543,28 @@ class Outbox:
         conversation_id: int | None = None,
         message_id: int | None = None,
     ) -> OutboxRow:
-        row = OutboxRow(
+        row = self.build(
+            channel=channel,
+            payload=payload,
+            now=now,
+            conversation_id=conversation_id,
+            message_id=message_id,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    @staticmethod
+    def build(
+        *,
+        channel: str,
+        payload: dict[str, Any],
+        now: datetime,
+        conversation_id: int | None = None,
+        message_id: int | None = None,
+    ) -> OutboxRow:
+        """A pending row, not yet added: callers queueing several add them in one flush."""
+        return OutboxRow(
             channel=channel,
             payload=payload,
             conversation_id=conversation_id,
@@ -529,33 +574,45 @@ class Outbox:
             next_attempt_at=now,
             created_at=now,
         )
-        self.session.add(row)
-        await self.session.flush()
-        return row
 
     async def get(self, row_id: int) -> OutboxRow | None:
         return await self.session.get(OutboxRow, row_id)
 
     async def claim_due(
         self, now: datetime, *, lease: timedelta, limit: int, skip_channels: Sequence[str] = ()
-    ) -> list[OutboxRow]:
-        """Claim due rows for this process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
-        stmt = (
-            select(OutboxRow)
-            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
-            .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+    ) -> list[Row[Any]]:
+        """Claim due rows for this process in one statement, oldest first.
+
+        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING``: on PostgreSQL the inner
+        select takes ``FOR UPDATE SKIP LOCKED``, so concurrent dispatchers claim disjoint
+        rows; on SQLite the writer lock (``BEGIN IMMEDIATE``) serialises them.
+        """
+        table = OutboxRow.__table__
+        due = (
+            select(table.c.id)
+            .where(table.c.status == "pending", table.c.next_attempt_at <= now)
+            .order_by(table.c.next_attempt_at, table.c.id)
             .limit(limit)
         )
         if skip_channels:
-            stmt = stmt.where(OutboxRow.channel.not_in(list(skip_channels)))
+            due = due.where(table.c.channel.not_in(list(skip_channels)))
         if self.session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = list((await self.session.execute(stmt)).scalars())
-        for row in rows:
-            row.status = "sending"
-            row.claimed_until = now + lease
-            row.send_started_at = None
-        await self.session.flush()
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id.in_(due.scalar_subquery()))
+            .values(status="sending", claimed_until=now + lease, send_started_at=None)
+            .returning(
+                table.c.id,
+                table.c.channel,
+                table.c.attempts,
+                table.c.payload,
+                table.c.conversation_id,
+                table.c.next_attempt_at,
+            )
+        )
+        rows = list((await self.session.execute(stmt)).all())
+        rows.sort(key=lambda row: (row.next_attempt_at, row.id))
         return rows
 
     async def stale_claims(self, now: datetime, *, limit: int = 100) -> list[OutboxRow]:
