@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
@@ -96,9 +96,14 @@ class ConversationManager:
         async with self._lock(inbound):
             try:
                 result, events = await self._handle_locked(inbound)
-            except (OperationalError, InterfaceError) as exc:
-                # the database is unreachable or busy: the caller should retry later, and
-                # must not count this against the message (a poller would quarantine it)
+            except DBAPIError as exc:
+                # the database is unreachable, busy or dropped the connection (R47): the
+                # caller should retry later, and must not count this against the message
+                # (a poller would quarantine it)
+                if not (
+                    isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+                ):
+                    raise
                 raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
         for event in events:
             self.events.publish(event)
