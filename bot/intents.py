@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from rapidfuzz import fuzz, process, utils
 
 TICKET_RE = re.compile(r"\b(INC|REQ|PRB)[-\s#]?(\d{1,9})\b", re.IGNORECASE)
@@ -172,20 +174,27 @@ class IntentMatch:
     ticket_number: str | None = None
 
 
-def _score(query: str, choice: str, **_: object) -> float:
-    """Whole-message similarity, or containment of a multi-word example in a short message.
+def _scores(query: str, choices: list[str], choice_words: np.ndarray) -> np.ndarray:
+    """Every example's score for ``query``: whole-message similarity, or containment of a
+    multi-word example in a short message.
 
     Containment (token_set) lets "I need access to the finance share" match "i need
     access to"; it only counts when the message is not much longer than the example, so a
     long problem description that happens to contain "any news" is not a status query.
+    Each scorer runs once over all examples in rapidfuzz's C code (``cdist``); only the
+    combination is done here, as array arithmetic.
     """
-    whole = max(fuzz.ratio(query, choice), fuzz.token_sort_ratio(query, choice))
+
+    def each(scorer: Any) -> np.ndarray:
+        return process.cdist([query], choices, scorer=scorer, dtype=np.float64)[0]
+
+    whole = np.maximum(each(fuzz.ratio), each(fuzz.token_sort_ratio))
     query_words = len(query.split())
-    choice_words = len(choice.split())
-    if choice_words >= 2 and query_words <= choice_words + 5:
-        contained = fuzz.token_set_ratio(query, choice) - 3 * max(0, query_words - choice_words - 2)
-        return max(whole, contained)
-    return whole
+    counts = (choice_words >= 2) & (query_words <= choice_words + 5)
+    if not counts.any():
+        return whole
+    contained = each(fuzz.token_set_ratio) - 3 * np.maximum(0, query_words - choice_words - 2)
+    return np.where(counts, np.maximum(whole, contained), whole)
 
 
 def find_ticket_number(text: str) -> str | None:
@@ -206,20 +215,15 @@ class IntentMatcher:
             for phrase in phrases:
                 self._choices.append(utils.default_process(phrase))
                 self._labels.append(intent)
+        self._choice_words = np.array([len(c.split()) for c in self._choices])
 
     def match(self, text: str) -> IntentMatch | None:
         processed = utils.default_process(text)
         if not processed:
             return None
-        ticket = find_ticket_number(text)
-        best: IntentMatch | None = None
-        hits = process.extract(processed, self._choices, scorer=_score, limit=8)
-        for choice, score, index in hits:
-            intent = self._labels[index]
-            if best is None or score > best.score:
-                best = IntentMatch(intent, float(score), choice, ticket)
-        if best is None:
+        scores = _scores(processed, self._choices, self._choice_words)
+        index = int(np.argmax(scores))  # the first of equal best scores, as before
+        intent, score = self._labels[index], float(scores[index])
+        if score < THRESHOLDS.get(intent, DEFAULT_THRESHOLD):
             return None
-        if best.score < THRESHOLDS.get(best.intent, DEFAULT_THRESHOLD):
-            return None
-        return best
+        return IntentMatch(intent, score, self._choices[index], find_ticket_number(text))
