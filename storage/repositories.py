@@ -96,6 +96,29 @@ async def insert_ignore(
     return None if row is None else row[0]
 
 
+# Queries run for nearly every inbound message, built once: a statement built per call
+# costs its construction and its cache key again each time (a large share of a message's
+# CPU); these reuse both.
+_PERSON_BY_IDENTITY = (
+    select(Person)
+    .join(Identity, Identity.person_id == Person.id)
+    .where(
+        Identity.channel == bindparam("channel"),
+        Identity.external_id == bindparam("external_id"),
+    )
+)
+_CONVERSATION_BY_THREAD = select(Conversation).where(
+    Conversation.channel == bindparam("channel"),
+    Conversation.thread_key == bindparam("thread_key"),
+)
+_ACTIVE_OUTAGE = (
+    select(Outage)
+    .where(Outage.service == bindparam("service"), Outage.status == "active")
+    .order_by(Outage.id.desc())
+    .limit(1)
+)
+
+
 class Receipts:
     """The durable ledger of every inbound message ever seen."""
 
@@ -203,9 +226,7 @@ class People:
         """The person behind a channel identity, in one query."""
         return (
             await self.session.execute(
-                select(Person)
-                .join(Identity, Identity.person_id == Person.id)
-                .where(Identity.channel == channel, Identity.external_id == external_id)
+                _PERSON_BY_IDENTITY, {"channel": channel, "external_id": external_id}
             )
         ).scalar_one_or_none()
 
@@ -305,9 +326,7 @@ class Conversations:
     async def by_thread(self, channel: str, thread_key: str) -> Conversation | None:
         return (
             await self.session.execute(
-                select(Conversation).where(
-                    Conversation.channel == channel, Conversation.thread_key == thread_key
-                )
+                _CONVERSATION_BY_THREAD, {"channel": channel, "thread_key": thread_key}
             )
         ).scalar_one_or_none()
 
@@ -817,12 +836,7 @@ class Subscriptions:
     async def active_outage(self, service: str) -> Outage | None:
         """The active broadcast outage on a service, if any (what subscribers hear about)."""
         return (
-            await self.session.execute(
-                select(Outage)
-                .where(Outage.service == service, Outage.status == "active")
-                .order_by(Outage.id.desc())
-                .limit(1)
-            )
+            await self.session.execute(_ACTIVE_OUTAGE, {"service": service})
         ).scalar_one_or_none()
 
     async def subscribers(self, service: str) -> list[int]:
