@@ -416,8 +416,7 @@ class ConversationManager:
         if not turn.replies or turn.conversation.channel not in self.loop_guard_channels:
             return turn.replies
         since = turn.now - timedelta(hours=1)
-        conversation_ids = [c.id for c in await Conversations(session).of_person(turn.person.id)]
-        sent = await Conversations(session).count_outbound_since(conversation_ids, since)
+        sent = await Conversations(session).bot_replies_to_person_since(turn.person.id, since)
         if sent + len(turn.replies) <= self.auto_reply_cap_per_hour:
             return turn.replies
         notes = dict(turn.conversation.notes or {})

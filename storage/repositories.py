@@ -533,12 +533,13 @@ class Conversations:
         )
         return list(rows.scalars())
 
-    async def count_outbound_since(self, conversation_ids: Sequence[int], since: datetime) -> int:
-        if not conversation_ids:
-            return 0
+    async def bot_replies_to_person_since(self, person_id: int, since: datetime) -> int:
+        """Automatic replies sent to a person, in any of their conversations, since then."""
         result = await self.session.execute(
-            select(func.count(Message.id)).where(
-                Message.conversation_id.in_(list(conversation_ids)),
+            select(func.count(Message.id))
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(
+                Conversation.person_id == person_id,
                 Message.direction == "out",
                 Message.author_kind == "bot",
                 Message.created_at >= since,
