@@ -6,9 +6,15 @@ Run: .venv/bin/python benchmarks/email_throughput.py [--mails 1000] [--sends 100
   the real core (``build_core`` on SQLite: receipt, person, conversation, routing, outbox
   row, commit) and moves each to Processed. Beside it, a bare aioimaplib fetch of the same
   N mails (``UID FETCH … BODY.PEEK[]`` in batches of 100) measured in the same run.
-- send: N outbound mails through ``EmailChannel.send`` (render + one reused aiosmtplib
-  connection) to aiosmtpd in another thread, beside a bare ``aiosmtplib.SMTP.send_message``
-  loop over one connection with the same mail.
+- send: N outbox rows (one reply in each of N conversations, queued with the core's
+  ``enqueue_reply``) delivered by the core's ``OutboxDispatcher`` (claim, stamp, send,
+  settle on SQLite) through ``EmailChannel`` (render + a pool of ``--connections`` reused
+  aiosmtplib connections) to aiosmtpd's ``Sink`` in a separate process. Beside it, in the
+  same run against the same server: ``EmailChannel.send`` alone with ``--connections``
+  calls in flight (no database), and bare ``aiosmtplib.SMTP.sendmail`` loops of the same
+  rendered bytes over one connection and over ``--connections`` connections.
+  The four send paths are measured ``--rounds`` times, interleaved, and reported as the
+  median (min-max). ``--mails 0`` skips ingest, ``--sends 0`` skips sending.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +38,17 @@ from aioimaplib import aioimaplib  # noqa: E402
 
 from bot.clock import SystemClock  # noqa: E402
 from bot.main import build_core  # noqa: E402
+from bot.outgoing import enqueue_reply  # noqa: E402
 from bot.settings import SAMPLE_CATALOG, SAMPLE_KB_DIR, Settings  # noqa: E402
-from bot.types import HandleResult, Inbound, Outbound  # noqa: E402
+from bot.turn import Reply  # noqa: E402
+from bot.types import Delivery, HandleResult, Inbound, Outbound  # noqa: E402
 from channels.email.adapter import EmailChannel  # noqa: E402
-from channels.email.convert import message_from_outbound  # noqa: E402
+from channels.email.convert import render_outbound  # noqa: E402
 from channels.email.imap import ImapSettings, parse_bodies  # noqa: E402
 from channels.email.smtp import SmtpSettings  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
+from storage.repositories import Conversations, Outbox, People  # noqa: E402
 from tests.channels.email.desk import DESK, mail  # noqa: E402
 from tests.channels.email.peers import PASSWORD, ImapDriver, running_dovecot  # noqa: E402
 
@@ -160,58 +171,207 @@ def _outbound(i: int) -> Outbound:
     )
 
 
-async def send(n: int, port: int) -> tuple[float, float]:
-    bare_client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-    await bare_client.connect()
-    message = message_from_outbound(_outbound(0), desk_address=DESK, secret="bench-secret")
-    started = time.perf_counter()
-    for _ in range(n):
-        await bare_client.send_message(message, sender=DESK, recipients=["p0@corp.test"])
-    bare = n / (time.perf_counter() - started)
-    await bare_client.quit()
+@dataclass(slots=True)
+class SendFigures:
+    """Mails/s of each send path, one entry per round."""
 
+    outbox: list[float] = field(default_factory=list)
+    channel: list[float] = field(default_factory=list)
+    bare_one: list[float] = field(default_factory=list)
+    bare_pool: list[float] = field(default_factory=list)
+    connections_opened: int = 0  # the most any measured pool opened
+    most_in_flight: int = 0  # the most concurrent EmailChannel.send calls the dispatcher made
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def _send_channel(port: int, connections: int) -> EmailChannel:
     async def unused(inbound: Inbound) -> HandleResult:
         raise AssertionError("no ingest in the send benchmark")
 
-    channel = EmailChannel(
+    return EmailChannel(
         desk_address=DESK,
         secret="bench-secret",
         imap=ImapSettings(host="127.0.0.1"),
         smtp=SmtpSettings(host="127.0.0.1", port=port, starttls=False),
         handle=unused,
+        smtp_connections=connections,
     )
+
+
+async def bare_send(n: int, port: int, connections: int, data: bytes) -> float:
+    """``aiosmtplib.SMTP.sendmail`` of ready bytes, ``connections`` connections in parallel."""
+    clients = [
+        aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        for _ in range(connections)
+    ]
+    for client in clients:
+        await client.connect()
+
+    async def loop(client: aiosmtplib.SMTP, count: int) -> None:
+        for _ in range(count):
+            await client.sendmail(DESK, ["p0@corp.test"], data)
+
+    shares = [n // connections + (k < n % connections) for k in range(connections)]
     started = time.perf_counter()
-    for i in range(n):
-        await channel.send(_outbound(i))
-    ours = n / (time.perf_counter() - started)
-    assert channel.smtp.connections == 1
+    await asyncio.gather(*(loop(c, share) for c, share in zip(clients, shares, strict=True)))
+    rate = n / (time.perf_counter() - started)
+    for client in clients:
+        await client.quit()
+    return rate
+
+
+class _InFlight:
+    """Counts concurrent ``channel.send`` calls (wraps the channel's bound method)."""
+
+    def __init__(self, channel: EmailChannel) -> None:
+        self.send = channel.send
+        self.now = 0
+        self.most = 0
+
+    async def __call__(self, outbound: Outbound) -> Delivery:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await self.send(outbound)
+        finally:
+            self.now -= 1
+
+
+async def outbox_send(n: int, port: int, connections: int) -> tuple[float, int, int]:
+    """N outbox rows (one reply in each of N conversations, queued as the core queues them)
+    delivered by the core's ``OutboxDispatcher`` to aiosmtpd, on SQLite."""
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}")
+        await upgrade(database)
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            var_dir=Path(tmp) / "var",
+            kb_dir=SAMPLE_KB_DIR,
+            catalog=SAMPLE_CATALOG,
+            secret_key="bench-secret",
+        )
+        core = build_core(settings, clock=SystemClock(), database=database)
+        channel = _send_channel(port, connections)
+        in_flight = _InFlight(channel)
+        channel.send = in_flight  # type: ignore[method-assign]
+        core.registry.add(channel)
+        now = core.clock.now()
+        async with core.db.transaction() as session:
+            for i in range(n):
+                person = await People(session).ensure_by_email(
+                    f"p{i}@corp.test", display_name=f"Person {i}", now=now
+                )
+                conversation, _ = await Conversations(session).find_or_open(
+                    channel="email",
+                    thread_key=f"msgid:x{i}@corp.test",
+                    person_id=person.id,
+                    reply_to={
+                        "to": f"p{i}@corp.test",
+                        "name": f"Person {i}",
+                        "subject": SUBJECTS[i % len(SUBJECTS)],
+                        "in_reply_to": f"x{i}@corp.test",
+                        "references": [f"x{i}@corp.test"],
+                    },
+                    now=now,
+                )
+                await enqueue_reply(
+                    session,
+                    conversation,
+                    Reply(
+                        markdown="Thanks, we opened INC-000123 for you. We will reply by 14:00.",
+                        ticket_number="INC-000123",
+                    ),
+                    now=now,
+                )
+        started = time.perf_counter()
+        await core.dispatcher.drain(timeout=600)
+        rate = n / (time.perf_counter() - started)
+        async with core.db.read() as session:
+            statuses = await Outbox(session).count_by_status()
+        assert statuses == {"sent": n}, statuses
+        opened = channel.smtp.connections
+        assert opened <= connections, opened
+        await channel.stop()
+        await database.dispose()
+        return rate, opened, in_flight.most
+
+
+async def channel_send(n: int, port: int, connections: int) -> tuple[float, int]:
+    """``EmailChannel.send`` (render + pool), ``connections`` calls in flight, no database."""
+    channel = _send_channel(port, connections)
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        for i in queue:
+            await channel.send(_outbound(i))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    rate = n / (time.perf_counter() - started)
+    opened = channel.smtp.connections
+    assert opened <= connections, opened
     await channel.stop()
-    return ours, bare
+    return rate, opened
 
 
-async def main_async(mails: int, sends: int) -> None:
-    ours, bare = await ingest(mails)
-    print(
-        f"ingest  {mails} mails: channel+core {ours:7.1f} mails/s   bare IMAP fetch {bare:7.1f}/s"
-    )
+async def send(n: int, port: int, connections: int, rounds: int) -> SendFigures:
+    """The four paths one after the other, ``rounds`` times, against one aiosmtpd process
+    (interleaved, so a burst of load from elsewhere on the machine hits all of them)."""
+    data = render_outbound(_outbound(0), desk_address=DESK, secret="bench-secret").data
+    figures = SendFigures()
+    for _ in range(rounds):
+        figures.bare_one.append(await bare_send(n, port, 1, data))
+        figures.bare_pool.append(await bare_send(n, port, connections, data))
+        rate, opened = await channel_send(n, port, connections)
+        figures.channel.append(rate)
+        rate, outbox_opened, in_flight = await outbox_send(n, port, connections)
+        figures.outbox.append(rate)
+        figures.connections_opened = max(figures.connections_opened, opened, outbox_opened)
+        figures.most_in_flight = max(figures.most_in_flight, in_flight)
+    return figures
+
+
+async def main_async(mails: int, sends: int, connections: int, rounds: int) -> None:
+    if mails:
+        ours, bare = await ingest(mails)
+        print(
+            f"ingest  {mails} mails: channel+core {ours:7.1f} mails/s   "
+            f"bare IMAP fetch {bare:7.1f}/s"
+        )
+    if not sends:
+        return
     port, proc = _smtp_process()
     try:
-        ours_send, bare_send = await send(sends, port)
+        f = await send(sends, port, connections, rounds)
     finally:
         proc.terminate()
         proc.wait(10)
     print(
-        f"send    {sends} mails: EmailChannel.send {ours_send:7.1f} mails/s   "
-        f"bare aiosmtplib {bare_send:7.1f}/s"
+        f"send    {sends} mails, {connections} SMTP connections, median of {rounds} rounds "
+        f"(min-max), mails/s:"
     )
+    print(
+        f"        outbox -> aiosmtpd (OutboxDispatcher, SQLite)  {_median(f.outbox)}   "
+        f"[{f.most_in_flight} sends in flight at most, {f.connections_opened} connections opened]"
+    )
+    print(f"        EmailChannel.send, no database             {_median(f.channel)}")
+    print(f"        bare aiosmtplib sendmail, 1 connection     {_median(f.bare_one)}")
+    print(f"        bare aiosmtplib sendmail, {connections} connections    {_median(f.bare_pool)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mails", type=int, default=1000)
     parser.add_argument("--sends", type=int, default=1000)
+    parser.add_argument(
+        "--connections", type=int, default=4, help="SMTP pool size (EmailChannel.send_concurrency)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="send measurements per path")
     args = parser.parse_args()
-    asyncio.run(main_async(args.mails, args.sends))
+    asyncio.run(main_async(args.mails, args.sends, args.connections, args.rounds))
 
 
 if __name__ == "__main__":

@@ -253,6 +253,7 @@ def build_channels(core: Core) -> list[Channel]:
                 ),
                 handle=core.manager.handle,
                 claim_archive=core.manager.claim_archive,
+                smtp_connections=es.smtp_connections,
             )
         )
     return channels

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_ssl: bool = False
     smtp_starttls: bool = True
+    smtp_connections: int = Field(default=4, ge=1)
 
     @property
     def resolved_database_url(self) -> str:

@@ -16,9 +16,11 @@ Ingest (R21–R26, R32)
     exponential backoff and jitter (R26).
 
 Send (R18, R27, R28)
-    :func:`convert.message_from_outbound` renders the outbox row with a Message-ID minted
-    from the outbox id, so a resend reuses it; the envelope sender is the desk address;
-    see :mod:`channels.email.smtp` for connection reuse and the error mapping.
+    :func:`convert.render_outbound` renders the outbox row to wire bytes with a Message-ID
+    minted from the outbox id, so a resend reuses it; the envelope sender is the desk
+    address; see :mod:`channels.email.smtp` for the connection pool and the error mapping.
+    ``send_concurrency`` (the pool size) tells the outbox dispatcher how many sends it may
+    keep in flight.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from bot.errors import ConfigError, PermanentError, TransientError
 from channels.base import Delivery, Inbound, InboundHandler, Outbound
 from channels.email.classify import classify
-from channels.email.convert import inbound_from_mail, message_from_outbound
+from channels.email.convert import inbound_from_mail, render_outbound
 from channels.email.imap import FetchedMail, ImapConnection, ImapConnectionError, ImapSettings
 from channels.email.parse import DEFAULT_LIMITS, ParseLimits, parse_mail
 from channels.email.smtp import SmtpSender, SmtpSettings
@@ -77,11 +79,14 @@ class EmailChannel:
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
         claim_archive: Callable[[str, str], Awaitable[bool]] | None = None,
+        smtp_connections: int = 4,
     ) -> None:
         self.desk_address = desk_address
         self.secret = secret
         self.imap = imap
-        self.smtp = SmtpSender(smtp)
+        self.smtp = SmtpSender(smtp, connections=smtp_connections)
+        # the outbox dispatcher keeps this many sends in flight (a conversation's in order)
+        self.send_concurrency = self.smtp.size
         self.handle = handle
         # asks the core who moves a handled mail, so two pollers archive it once
         self.claim_archive = claim_archive
@@ -144,7 +149,7 @@ class EmailChannel:
     async def send(self, outbound: Outbound) -> Delivery:
         """Send one outbox row; ``platform_id`` is our Message-ID without brackets."""
         try:
-            message = message_from_outbound(
+            mail = render_outbound(
                 outbound,
                 desk_address=self.desk_address,
                 secret=self.secret,
@@ -152,13 +157,11 @@ class EmailChannel:
             )
         except ValueError as exc:
             raise PermanentError(f"cannot render mail: {exc}") from exc
-        recipients = [a.addr_spec for a in message["To"].addresses]
-        await self.smtp.send(message, sender=self.desk_address, recipients=recipients)
-        message_id = str(message["Message-ID"]).strip().strip("<>")
+        await self.smtp.send(mail.data, sender=self.desk_address, recipients=mail.recipients)
         logger.info(
-            "email.outbound.sent outbox_id=%s message_id=%s", outbound.outbox_id, message_id
+            "email.outbound.sent outbox_id=%s message_id=%s", outbound.outbox_id, mail.message_id
         )
-        return Delivery(platform_id=message_id, meta={"to": recipients})
+        return Delivery(platform_id=mail.message_id, meta={"to": list(mail.recipients)})
 
     async def reconcile(self, outbound: Outbound) -> Delivery | None:
         """Always "resend": the same outbox row gives the same Message-ID (R27).

@@ -1,25 +1,32 @@
-"""Sending mail with aiosmtplib over one reused connection, errors translated (R27, R28).
+"""Sending mail with aiosmtplib over a pool of reused connections, errors translated (R27, R28).
+
+:class:`SmtpSender` keeps up to ``connections`` SMTP connections open between sends. Each
+carries one transaction at a time and goes back to the pool after it; concurrent sends
+(the outbox dispatcher runs ``EmailChannel.send_concurrency`` of them) go out in parallel
+over different connections, and a pool that is never used concurrently holds one. A
+connection is opened only when no idle one is left, so the pool never holds more than
+``connections``.
 
 The transaction is driven step by step (MAIL, RCPT, DATA) so a failure can be placed:
 
 - before DATA nothing was handed over; a stale reused connection (the server timed it
-  out) is replaced and the mail retried once at once;
+  out) is dropped and the mail retried once at once over a new one;
 - during or after DATA the server may have accepted the mail (the "." ambiguity): the
-  error goes back to the outbox as transient, and the resend carries the same Message-ID
-  (minted from the outbox id), so the recipient's client and our own ingest keep one copy.
+  connection is dropped and the error goes back to the outbox as transient, and the resend
+  carries the same Message-ID (minted from the outbox id), so the recipient's client and
+  our own ingest keep one copy.
 
 4xx replies are :class:`TransientError` (421/451 as :class:`RateLimited`), 5xx are
-:class:`PermanentError`, connection errors and timeouts are transient.
+:class:`PermanentError`, connection errors and timeouts are transient. A connection that
+answered 421 or failed is closed; after a refused MAIL or RCPT it is RSET and reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from email.generator import BytesGenerator
-from email.message import EmailMessage
-from io import BytesIO
 from ssl import SSLContext
 
 import aiosmtplib
@@ -44,13 +51,6 @@ class SmtpSettings:
     timeout: float = 30.0
     rate_limit_seconds: float = 60.0
     ssl_context: SSLContext | None = None
-
-
-def message_bytes(message: EmailMessage) -> bytes:
-    """The message as it goes on the wire (CRLF line ends)."""
-    buffer = BytesIO()
-    BytesGenerator(buffer, policy=message.policy.clone(linesep="\r\n")).flatten(message)
-    return buffer.getvalue()
 
 
 def translate(exc: BaseException, what: str, *, rate_limit_seconds: float = 60.0) -> Exception:
@@ -78,13 +78,16 @@ def translate(exc: BaseException, what: str, *, rate_limit_seconds: float = 60.0
 
 
 class SmtpSender:
-    """One aiosmtplib client kept open between sends; a lock keeps transactions apart."""
+    """Up to ``connections`` aiosmtplib clients, each reused from mail to mail."""
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, connections: int = 4) -> None:
+        if connections < 1:
+            raise ValueError("an SMTP pool needs at least one connection")
         self.settings = settings
-        self._client: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
-        self.connections = 0
+        self.size = connections
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[aiosmtplib.SMTP] = []  # connected, no transaction; last in, first out
+        self.connections = 0  # connections opened so far (tests, benchmarks)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -108,25 +111,24 @@ class SmtpSender:
         self.connections += 1
         return client
 
-    async def _reuse_or_connect(self) -> tuple[aiosmtplib.SMTP, bool]:
-        if self._client is not None and self._client.is_connected:
-            return self._client, True
-        self._drop()
-        self._client = await self._connect()
-        return self._client, False
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        """The most recently used idle connection still open (the warmest), if any."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+            client.close()
+        return None
 
-    def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def send(self, message: EmailMessage, *, sender: str, recipients: list[str]) -> None:
-        """Hand ``message`` to the server for ``recipients`` with envelope ``sender``."""
-        data = message_bytes(message)
+    async def send(self, data: bytes, *, sender: str, recipients: Sequence[str]) -> None:
+        """Hand ``data`` (a rendered mail) to the server for ``recipients`` from ``sender``."""
         timeout = self.settings.timeout
-        async with self._lock:
+        async with self._slots:
+            client = self._take_idle()
             for attempt in (1, 2):
-                client, reused = await self._reuse_or_connect()
+                reused = client is not None
+                if client is None:
+                    client = await self._connect()
                 stage = "MAIL FROM"
                 try:
                     # aiosmtplib bounds each command by its own ``timeout``
@@ -136,42 +138,57 @@ class SmtpSender:
                         await client.rcpt(recipient, timeout=timeout)
                     stage = "DATA"
                     await client.data(data, timeout=timeout * 2)
-                    return
                 except asyncio.CancelledError:
-                    self._drop()
+                    client.close()
                     raise
                 except aiosmtplib.SMTPResponseException as exc:
-                    if exc.code == 421 or stage == "DATA":
-                        self._drop()
+                    if exc.code != 421 and stage != "DATA" and await self._reset(client):
+                        self._idle.append(client)
                     else:
-                        await self._reset(client)
+                        client.close()
                     raise translate(
                         exc, stage, rate_limit_seconds=self.settings.rate_limit_seconds
                     ) from exc
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                    self._drop()
+                    client.close()
                     if reused and stage != "DATA" and attempt == 1:
                         # the server closed an idle connection: nothing was handed over yet
                         logger.info("email.smtp.stale_connection stage=%s", stage)
+                        client = None
                         continue
                     raise translate(exc, stage) from exc
+                self._idle.append(client)
+                return
 
-    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+    async def _reset(self, client: aiosmtplib.SMTP) -> bool:
         """RSET after a refused MAIL/RCPT so the connection can carry the next mail."""
         try:
-            await asyncio.wait_for(client.rset(), self.settings.timeout)
+            await client.rset(timeout=self.settings.timeout)
+        except asyncio.CancelledError:
+            client.close()
+            raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            self._drop()
+            return False
+        return True
 
     async def close(self) -> None:
-        async with self._lock:
-            client, self._client = self._client, None
-            if client is None:
-                return
-            try:
-                if client.is_connected:
-                    await asyncio.wait_for(client.quit(), timeout=5)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                logger.debug("email.smtp.quit.failed error=%s", type(exc).__name__)
-            finally:
-                client.close()
+        """QUIT every connection once the sends in flight are done."""
+        held = 0
+        try:
+            for _ in range(self.size):
+                await self._slots.acquire()
+                held += 1
+            idle, self._idle = self._idle, []
+            await asyncio.gather(*(self._quit(client) for client in idle))
+        finally:
+            for _ in range(held):
+                self._slots.release()
+
+    async def _quit(self, client: aiosmtplib.SMTP) -> None:
+        try:
+            if client.is_connected:
+                await asyncio.wait_for(client.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            logger.debug("email.smtp.quit.failed error=%s", type(exc).__name__)
+        finally:
+            client.close()
