@@ -116,6 +116,9 @@ _ACTIVE_OUTAGE = (
     .where(Outage.service == bindparam("service"), Outage.status == "active")
     .order_by(Outage.id.desc())
     .limit(1)
+    # nothing a turn changes decides an outage: flushing its pending conversation
+    # changes here would cost an extra UPDATE before the one at the end of the turn
+    .execution_options(autoflush=False)
 )
 
 
