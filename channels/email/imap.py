@@ -210,6 +210,13 @@ class ImapConnection:
         await self._bounded(client.wait_hello_from_server(), "greeting", s.connect_timeout)
         if s.starttls and not s.ssl:
             await self._starttls()
+        if "LOGINDISABLED" in client.protocol.capabilities:
+            # RFC 3501 6.2.3: the client must not send LOGIN then; doing so would put the
+            # password on the wire in the clear only to be refused
+            raise ConfigError(
+                "the IMAP server refuses login without TLS (LOGINDISABLED): "
+                "set imap_ssl or imap_starttls"
+            )
         response = await self._bounded(client.login(s.user, s.password), "login")
         if response.result != "OK":
             raise ConfigError(f"IMAP login refused for {s.user!r}: {_text(response.lines)[:200]!r}")

@@ -74,6 +74,10 @@ def translate(exc: BaseException, what: str, *, rate_limit_seconds: float = 60.0
         return TransientError(f"{what}: recipients refused {codes}")
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return ConfigError(f"{what}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS extension not supported" in str(exc):
+        # aiosmtplib raises a bare SMTPException here (its extension list is already
+        # cleared): a retry cannot help, and plaintext is never the fallback
+        return ConfigError(f"{what}: smtp_starttls is set but the server does not offer STARTTLS")
     return TransientError(f"{what}: {type(exc).__name__}: {exc}"[:500])
 
 
