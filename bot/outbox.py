@@ -138,7 +138,10 @@ class OutboxDispatcher:
             except Exception:
                 logger.exception("outbox.sweep.failed")
                 processed = 0
-            if processed:
+            # a full batch may have left due rows behind, and a wake during the sweep
+            # means new rows; after a partial batch nothing was due at the claim, so
+            # claiming again at once would be an empty transaction per batch
+            if processed >= self.policy.batch_size or self._wake.is_set():
                 continue
             self.idle.set()
             try:

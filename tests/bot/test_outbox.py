@@ -205,3 +205,26 @@ async def test_concurrent_channel_sends_in_parallel_but_keeps_a_conversation_in_
     async with desk.core.db.read() as session:
         statuses = (await session.execute(select(OutboxRow.status))).scalars().all()
     assert statuses == ["sent"] * 20
+
+
+async def test_running_dispatcher_delivers_woken_rows_and_polls_for_the_rest(desk: Desk) -> None:
+    """Rows this process queued are sent at once (wake); rows queued elsewhere (another
+    node, no wake) by the next poll; a partial batch does not end the loop early."""
+    import asyncio
+
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    await desk.core.dispatcher.start()
+    try:
+        for _ in range(3):
+            await _enqueue(desk)
+        desk.core.dispatcher.wake()
+        async with asyncio.timeout(5):
+            while len(flaky.sent) < 3:
+                await asyncio.sleep(0.005)
+        await _enqueue(desk)  # no wake: as if another node had queued it
+        async with asyncio.timeout(5):  # poll_seconds is 0.05 in the test policy
+            while len(flaky.sent) < 4:
+                await asyncio.sleep(0.005)
+    finally:
+        await desk.core.dispatcher.stop()
