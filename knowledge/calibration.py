@@ -55,6 +55,15 @@ class Calibration:
     fusion: tuple[float, ...] = DEFAULT_FUSION
     source: str = "default"
     fitted_on: dict[str, Any] = field(default_factory=dict)
+    # The model folded to ``z = z0 + Σ slope·x``, computed once (not part of the file).
+    _slopes: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _z0: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slopes = tuple(c / s for c, s in zip(self.coef, self.scale, strict=False))
+        z0 = self.intercept - sum(k * m for k, m in zip(slopes, self.mean, strict=False))
+        object.__setattr__(self, "_slopes", slopes)
+        object.__setattr__(self, "_z0", z0)
 
     def confidence(self, features: Sequence[float]) -> float:
         """Probability in [0, 1] that the candidate with these features is the right answer."""
@@ -71,8 +80,7 @@ class Calibration:
         handful of candidates, too few for numpy's per-call cost to pay off)."""
         if not rows:
             return []
-        slopes = [c / s for c, s in zip(self.coef, self.scale, strict=True)]
-        z0 = self.intercept - sum(k * m for k, m in zip(slopes, self.mean, strict=True))
+        slopes, z0 = self._slopes, self._z0
         out: list[float] = []
         for row in rows:
             if len(row) != len(slopes):
@@ -84,7 +92,8 @@ class Calibration:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data.pop("source")
+        for name in ("source", "_slopes", "_z0"):
+            data.pop(name)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

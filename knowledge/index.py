@@ -28,9 +28,8 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -87,28 +86,50 @@ def _top(scores: npt.NDArray[Any], k: int) -> list[int]:
     return [i for i, v in zip(picked.tolist(), scores[picked].tolist(), strict=True) if v > 0]
 
 
+def _best_rows(scores: npt.NDArray[np.float64], k: int) -> list[tuple[float, int]]:
+    """The ``k`` largest positive scores as ``(-score, index)``, best first (ties: lower
+    index)."""
+    hit = (scores > 0).nonzero()[0]
+    if len(hit) > k:
+        hit = hit[np.argpartition(scores[hit], len(hit) - k)[-k:]]
+    value: Sequence[float] = scores.data  # type: ignore[assignment]
+    return sorted([(-value[i], i) for i in hit.tolist()])
+
+
+def _log_sum_exp(logits: npt.NDArray[Any]) -> float:
+    """``log Σ exp(logits)``; shifted by the largest logit only when the plain sum is
+    far from 1 (trained logits stay well inside float64's range: one call fewer)."""
+    total = float(np.exp(logits, dtype=np.float64).sum())
+    if 1e-30 < total < 1e30:
+        return math.log(total)
+    top = float(logits.max())
+    return top + math.log(float(np.exp(logits - top).sum()))
+
+
 def _top_fused(
-    cent: npt.NDArray[Any], exp: npt.NDArray[Any], total: float, fusion: Sequence[float]
+    cent: npt.NDArray[Any], logits: npt.NDArray[Any], energy: float, fusion: Sequence[float]
 ) -> list[int]:
     """The articles that rank best on the part of the fused score that needs no knn.
 
     An article outside the knn phrasings scores ``w_lin · probability + w_cent · cosine``
     exactly, so its best few by that sum are the only ones that can reach the top of
     the ranking (or be the runner-up for the margin): one selection instead of one per
-    scorer. Only positive sums count.
+    scorer. Only positive sums count (probabilities always are).
     """
     w_lin, w_cent = fusion[0], fusion[3]
-    if w_cent == 0.0 and w_lin > 0.0:
-        partial = exp  # ranks as the probabilities (exp / total)
-    elif w_lin == 0.0 and w_cent > 0.0:
+    if w_cent == 0.0 and w_lin > 0.0:  # ranks as the probabilities, i.e. the logits
+        n = len(logits)
+        if n <= _PER_SCORER:
+            return list(range(n))
+        return np.argpartition(logits, n - _PER_SCORER)[n - _PER_SCORER :].tolist()  # type: ignore[no-any-return]
+    if w_lin == 0.0 and w_cent > 0.0:
         partial = cent
     else:
-        partial = (w_lin / total) * exp + w_cent * cent
+        partial = w_lin * np.exp(logits - energy) + w_cent * cent
     return _top(partial, _PER_SCORER)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """One scored article: its rank score and the per-scorer features behind it."""
 
     article: int
@@ -116,12 +137,18 @@ class Candidate:
     features: tuple[float, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Query:
+_WordFeatures = tuple[tuple[int, ...], tuple[float, ...], int, int]
+"""A stemmed word's feature ids and their IDFs, its knn feature id and its own id."""
+
+
+class _Query(NamedTuple):
     words: tuple[str, ...]
     normalised: str
     ids: list[int]
     weights: list[float]
+    knn_ids: list[int]
+    knn_tf: list[float] | None  # sublinear TF of each knn feature; None: all 1
+    knn_norm: float
     word_ids: list[int]
     word_pos: list[int]
     word_idf: list[float]
@@ -145,8 +172,11 @@ class _Postings:
         self.indptr_view: Sequence[int] = self.indptr.data  # Python ints, no numpy call
         self.n_rows = n_rows
 
-    def dot(self, ids: Sequence[int], weights: Sequence[float]) -> npt.NDArray[np.float64]:
-        """Sum of ``weights[i]`` × row weights over the postings of ``ids[i]``, per row."""
+    def dot(
+        self, ids: Sequence[int], weights: Sequence[float] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Sum of ``weights[i]`` (1 when ``None``) × row weights over the postings of
+        ``ids[i]``, per row."""
         indptr, rows, vals = self.indptr_view, self.rows, self.weights
         lengths: list[int] = []
         row_parts: list[IntArray] = []
@@ -161,9 +191,11 @@ class _Postings:
                 lengths.append(0)
         if not row_parts:
             return np.zeros(self.n_rows)
-        scaled = np.concatenate(val_parts) * np.repeat(np.asarray(weights, np.float32), lengths)
+        scaled = np.concatenate(val_parts)
+        if weights is not None:
+            scaled *= np.repeat(np.asarray(weights, np.float32), lengths)
         summed = np.bincount(np.concatenate(row_parts), weights=scaled, minlength=self.n_rows)
-        return summed.astype(np.float64, copy=False)
+        return cast("npt.NDArray[np.float64]", summed)  # float64: bincount with weights
 
     @property
     def nbytes(self) -> int:
@@ -241,7 +273,12 @@ class SearchIndex:
         k_row = row[keep]
         k_norm = np.sqrt(np.bincount(k_row, weights=k_w * k_w, minlength=self.n_phrasings))
         k_w = (k_w / np.maximum(k_norm[k_row], 1e-12)).astype(np.float32)
-        self.phrasings = _Postings(feat[keep], k_row, k_w, n_feats, self.n_phrasings)
+        # The knn postings carry the feature's IDF too: a query's knn weight is its IDF
+        # (times sublinear TF when a feature repeats) over one norm, so the sum of the
+        # gathered postings, scaled once, is the cosine with no per-posting product.
+        k_feat = feat[keep]
+        self.phrasings = _Postings(k_feat, k_row, k_w * self.idf[k_feat], n_feats, self.n_phrasings)
+        del k_feat
 
         # Centroids: the mean of an article's unit phrasing vectors, renormalised. Large
         # KBs (no dense matrices) use the knn features only: the postings of character
@@ -273,30 +310,31 @@ class SearchIndex:
         self.dense_centroids: FloatArray | None = None
         self.dense_presence: FloatArray | None = None
         self._dense: FloatArray | None = None
-        self._bias: FloatArray = np.zeros(0, dtype=np.float32)
         if dense_ok:
             # Small enough for dense feature × article matrices. They sit side by side
             # in one matrix (centroids | linear weights | word presence) so that a query
-            # gathers its rows once and scores all three with one matrix product.
+            # gathers its rows once and scores all three with one matrix product. One
+            # more row, after the features', holds the linear bias: a query gathers it
+            # with weight 1, so the product gives the logits with their bias added.
             n_art = self.n_articles
-            dense = np.zeros((n_feats, 3 * n_art), dtype=np.float32)
+            dense = np.zeros((n_feats + 1, 3 * n_art), dtype=np.float32)
             dense[c_feat, c_art] = cw
             dense[c_feat[presence], 2 * n_art + c_art[presence]] = 1.0
-            self.dense_centroids = dense[:, :n_art]
-            self.dense_presence = dense[:, 2 * n_art :]
+            self.dense_centroids = dense[:n_feats, :n_art]
+            self.dense_presence = dense[:n_feats, 2 * n_art :]
             self._dense = dense
             if train_linear:
                 linear_w, self.linear_b = self._train_linear(feat, row, w)
-                dense[:, n_art : 2 * n_art] = linear_w
+                dense[:n_feats, n_art : 2 * n_art] = linear_w
+                dense[n_feats, n_art : 2 * n_art] = self.linear_b
                 del linear_w
-                self.linear_w = dense[:, n_art : 2 * n_art]
-                self._bias = self.linear_b
+                self.linear_w = dense[:n_feats, n_art : 2 * n_art]
             else:  # no linear layer: logits are 20 × the centroid cosines
-                dense[:, n_art : 2 * n_art] = 20.0 * self.dense_centroids
-                self._bias = np.zeros(n_art, dtype=np.float32)
+                dense[:n_feats, n_art : 2 * n_art] = 20.0 * self.dense_centroids
         # Per stemmed word: its own feature id (-1 if unknown) and its character grams'
         # ids; filled lazily by queries (bounded, see _word_features).
-        self._word_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._word_cache: dict[str, _WordFeatures] = {}
+        self._bias_row = n_feats  # the dense matrix's row of linear biases
         # Element access from Python without numpy's per-call cost (no copies).
         # (memoryview items are floats / bools / ints at run time; typeshed says int.)
         self._idf_view: Sequence[float] = self.idf.data  # type: ignore[assignment]
@@ -363,70 +401,97 @@ class SearchIndex:
 
     # -- query ------------------------------------------------------------------------
 
-    def _word_features(self, word: str) -> tuple[int, tuple[int, ...]]:
-        """A stemmed word's feature id (-1 when unknown) and its known character grams."""
+    def _word_features(self, word: str) -> _WordFeatures:
+        """A stemmed word's known features (its own id first, then its character grams'),
+        their IDFs, and its own id for knn (-1: unknown, or not a knn feature)."""
         cached = self._word_cache.get(word)
         if cached is None:
             vocab = self.vocab
-            grams = tuple(g for g in map(vocab.get, _char_grams(word)) if g is not None)
-            cached = (vocab.get(word, -1), grams)
+            ids = [g for g in map(vocab.get, _char_grams(word)) if g is not None]
+            wid = vocab.get(word)
+            knn_id = -1
+            if wid is not None:
+                ids.insert(0, wid)
+                if self._knn_view[wid]:
+                    knn_id = wid
+            idf = self._idf_view
+            cached = (tuple(ids), tuple([idf[f] for f in ids]), knn_id, -1 if wid is None else wid)
             if len(self._word_cache) >= _WORD_CACHE_SIZE:
                 self._word_cache.clear()  # rare: a flood of unseen words; start over
             self._word_cache[word] = cached
         return cached
 
     def _query(self, text: str) -> _Query | None:
-        """The query's words and unit TF-IDF vector (``None``: no known feature).
+        """The query's words, unit TF-IDF vector and knn features (``None``: no known
+        feature).
 
         Plain Python over the few dozen features of a query (the arrays are read through
-        memoryviews): numpy's per-call cost would outweigh the arithmetic here.
+        memoryviews, each word's features and IDFs are cached): numpy's per-call cost
+        would outweigh the arithmetic here.
         """
         words = tuple(map(stem, normalise(text).split()))
-        word_features = self._word_features
+        cache_get, word_features = self._word_cache.get, self._word_features
         ids: list[int] = []
+        raw: list[float] = []
+        knn_ids: list[int] = []
+        knn_raw: list[float] = []
         for w in words:
-            wid, grams = word_features(w)
-            if wid >= 0:
-                ids.append(wid)
-            ids.extend(grams)
+            w_ids, w_idf, knn_id, _ = cache_get(w) or word_features(w)
+            ids.extend(w_ids)
+            raw.extend(w_idf)
+            if knn_id >= 0:
+                knn_ids.append(knn_id)
+                knn_raw.append(w_idf[0])
         if len(words) > 1:
-            get = self.vocab.get
+            get, idf, knn_view = self.vocab.get, self._idf_view, self._knn_view
             for a, b in zip(words, words[1:], strict=False):
                 bid = get(f"{a} {b}")
                 if bid is not None:
                     ids.append(bid)
+                    raw.append(idf[bid])
+                    if knn_view[bid]:
+                        knn_ids.append(bid)
+                        knn_raw.append(raw[-1])
         if not ids:
             return None
-        idf = self._idf_view
-        unique = list(dict.fromkeys(ids))
-        if len(unique) == len(ids):
-            weights = [idf[f] for f in unique]
-        else:  # some feature repeats: sublinear TF
+        knn_tf: list[float] | None = None
+        if len(set(ids)) != len(ids):  # some feature repeats: sublinear TF, each once
             counts = Counter(ids)
-            weights = [idf[f] * (1.0 + math.log(counts[f])) for f in unique]
-        norm = math.sqrt(sum(x * x for x in weights))
-        weights = [x / norm for x in weights]
+            ids = list(counts)
+            idf = self._idf_view
+            raw = [idf[f] * (1.0 + math.log(c)) for f, c in counts.items()]
+            knn_ids = list(dict.fromkeys(knn_ids))
+            tf = [1.0 + math.log(counts[f]) for f in knn_ids]
+            knn_raw = [idf[f] * t for f, t in zip(knn_ids, tf, strict=True)]
+            if any(c > 1 for c in map(counts.__getitem__, knn_ids)):
+                knn_tf = tf
+        norm = math.hypot(*raw)
         # Coverage: the content words (all words when there are none), each once.
         content = [w for w in words if w not in STOP_WORDS] or words
         word_ids: list[int] = []
         word_pos: list[int] = []
+        word_idf: list[float] = []
         unknown = 0.0
         for w in set(content):
-            wid = word_features(w)[0]
+            w_ids, w_idf, _, wid = cache_get(w) or word_features(w)
             if wid < 0:
                 unknown += self.max_idf
             else:
                 word_ids.append(wid)
-                word_pos.append(unique.index(wid))
+                word_pos.append(ids.index(wid))
+                word_idf.append(w_idf[0])
         return _Query(
-            words=words,
-            normalised=" ".join(words),
-            ids=unique,
-            weights=weights,
-            word_ids=word_ids,
-            word_pos=word_pos,
-            word_idf=[idf[f] for f in word_ids],
-            unknown_idf=unknown,
+            words,
+            " ".join(words),
+            ids,
+            [x / norm for x in raw],
+            knn_ids,
+            knn_tf,
+            math.hypot(*knn_raw),
+            word_ids,
+            word_pos,
+            word_idf,
+            unknown,
         )
 
     def candidates(self, text: str, fusion: Sequence[float], *, limit: int = 5) -> list[Candidate]:
@@ -446,21 +511,17 @@ class SearchIndex:
         n_art = self.n_articles
         total_idf = sum(q.word_idf) + q.unknown_idf
         if self._dense is not None:
-            # One gather of the query's rows and one product give, side by side, the
-            # centroid cosines, the linear logits and (second row) the IDF mass of the
-            # query's content words present in each article.
-            cov_row = [0.0] * len(q.ids)
+            # One gather of the query's rows (and the bias row) and one product give,
+            # side by side, the centroid cosines, the linear logits and (second row) the
+            # IDF mass of the query's content words present in each article.
+            cov_row = [0.0] * (len(q.ids) + 1)
             for pos, value in zip(q.word_pos, q.word_idf, strict=True):
                 cov_row[pos] = value
-            coef = np.array((q.weights, cov_row), dtype=np.float32)
-            scored = (coef @ self._dense[q.ids]).reshape(6, n_art)
-            # rows: 0 centroid, 1 logit, 2 (free: softmax numerators), 5 coverage mass
-            logits = scored[1]
-            logits += self._bias
-            top_logit = float(logits.max())
-            exp = np.exp(logits - top_logit, out=scored[2])
-            total = float(exp.sum())
-            by_scorers = _top_fused(scored[0], exp, total, fusion)
+            coef = np.array((q.weights + [1.0], cov_row), dtype=np.float32)
+            scored = (coef @ self._dense[q.ids + [self._bias_row]]).reshape(6, n_art)
+            # rows: 0 centroid, 1 logit, 5 coverage mass (2-4 are cross terms, unused)
+            energy = _log_sum_exp(scored[1])
+            by_scorers = _top_fused(scored[0], scored[1], energy, fusion)
         else:
             cent = self.centroids.dot(q.ids, q.weights)
             if q.word_ids and total_idf > 0:
@@ -468,94 +529,82 @@ class SearchIndex:
             else:
                 coverage = np.zeros(n_art)
             logits = cent * 20.0
-            top_logit = float(logits.max())
-            exp = np.exp(logits - top_logit)
-            total = float(exp.sum())
+            energy = _log_sum_exp(logits)
             if fusion[0] >= 0.0 and fusion[3] >= 0.0:
                 # The softmax ranks exactly as the cosine here (no linear layer), and
                 # only the few articles sharing a word with the query have one > 0.
                 by_scorers = _top(cent, _PER_SCORER)
             else:
-                by_scorers = _top_fused(cent, exp, total, fusion)
-        energy = top_logit + math.log(total)
+                by_scorers = _top_fused(cent, logits, energy, fusion)
 
-        # knn over the phrasings: content words and bigrams, renormalised.
-        knn = self._knn_view
-        knn_ids = [f for f in q.ids if knn[f]]
-        knn_w = [w for f, w in zip(q.ids, q.weights, strict=True) if knn[f]]
-        knn_norm = math.sqrt(sum(w * w for w in knn_w))
-        top_list: list[int] = []
-        top_scores: list[float] = []
-        if knn_norm > 0:
-            phr = self.phrasings.dot(knn_ids, [w / knn_norm for w in knn_w])
-            hit = (phr > 0).nonzero()[0]  # every posting weight is positive
-            values = phr[hit]
-            if len(hit) > _TOP_PHRASINGS:
-                part = np.argpartition(values, len(hit) - _TOP_PHRASINGS)[-_TOP_PHRASINGS:]
-                hit = hit[part]
-                values = values[part]
-            # best first, ties: lower phrasing index
-            ranked_hits = sorted(zip([-v for v in values.tolist()], hit.tolist(), strict=True))
-            top_scores = [-s for s, _ in ranked_hits]
-            top_list = [p for _, p in ranked_hits]
-        article_of = self._article_view
-        top_articles = [article_of[p] for p in top_list]
+        # knn over the phrasings: content words and bigrams, renormalised (the postings
+        # hold the IDF, so one scale turns the sums into cosines). Per article: the best
+        # phrasing's cosine and the sum of its (up to) three best among the top ones.
         best1: dict[int, float] = {}
         top3: dict[int, list[float]] = {}
-        for a, s in zip(top_articles, top_scores, strict=True):
-            t3 = top3.get(a)
-            if t3 is None:
-                best1[a] = s
-                top3[a] = [s]
-            elif len(t3) < 3:
-                t3.append(s)
         best_fuzz: dict[int, float] = {}
-        if top_list:
+        if q.knn_ids:
+            ranked = _best_rows(self.phrasings.dot(q.knn_ids, q.knn_tf), _TOP_PHRASINGS)
+            scale = -1.0 / q.knn_norm
+            article_of = self._article_view
+            for neg, p in ranked:
+                a = article_of[p]
+                t3 = top3.get(a)
+                if t3 is None:
+                    best1[a] = neg * scale
+                    top3[a] = [neg * scale]
+                elif len(t3) < 3:
+                    t3.append(neg * scale)
             query_text = q.normalised
             texts = self.phrasing_text
             set_ratio, ratio = fuzz.token_set_ratio, fuzz.ratio
-            for p, a in zip(top_list[:_FUZZ_PHRASINGS], top_articles, strict=False):
+            for _, p in ranked[:_FUZZ_PHRASINGS]:
                 t = texts[p]
                 value = (set_ratio(query_text, t) + ratio(query_text, t)) / 200.0
+                a = article_of[p]
                 if value > best_fuzz.get(a, 0.0):
                     best_fuzz[a] = value
 
         pool = set(by_scorers)
         pool.update(best1)
+        if not pool:  # nothing shares a scored feature with the query
+            return []
         members = list(pool)
         if self._dense is not None:
             gathered = scored[:, members].tolist()
-            f_cents, f_logits, f_exps, f_covs = (gathered[c] for c in (0, 1, 2, 5))
+            f_cents, f_logits, f_covs = gathered[0], gathered[1], gathered[5]
         else:  # large KB: gather only the pooled articles, no full-size copies
             f_cents = cent[members].tolist()
             f_logits = logits[members].tolist()
-            f_exps = exp[members].tolist()
             f_covs = coverage[members].tolist()
-        cov_scale = 1.0 / total_idf if q.word_ids and total_idf > 0 else 0.0
+        exp = math.exp
+        f_probs = [exp(x - energy) for x in f_logits]
         w_lin, w_knn, w_top3, w_cent, w_fuzz = fusion
-        rows_out: list[tuple[float, int, int]] = []
-        for i, a in enumerate(members):
-            t3 = top3.get(a)
-            score = w_lin * (f_exps[i] / total) + w_knn * best1.get(a, 0.0)
-            score += w_top3 * (sum(t3) / 3.0 if t3 else 0.0) + w_cent * f_cents[i]
-            score += w_fuzz * best_fuzz.get(a, 0.0)
-            rows_out.append((-score, a, i))
-        if not rows_out:  # nothing shares a scored feature with the query
-            return []
-        rows_out.sort()
+        mean3 = {a: sum(t3) / 3.0 for a, t3 in top3.items()}
+        knn_part = {
+            a: w_knn * b1 + w_top3 * mean3[a] + w_fuzz * best_fuzz.get(a, 0.0)
+            for a, b1 in best1.items()
+        }
+        get_knn = knn_part.get
+        rows_out = sorted(
+            [
+                (-(w_lin * p + w_cent * c + get_knn(a, 0.0)), a, i)
+                for i, (a, p, c) in enumerate(zip(members, f_probs, f_cents, strict=True))
+            ]
+        )
         log_len = math.log(1 + len(q.words))
+        cov_scale = 1.0 / total_idf if q.word_ids and total_idf > 0 else 0.0
         out: list[Candidate] = []
         first = -rows_out[0][0]
         second = -rows_out[1][0] if len(rows_out) > 1 else 0.0
         for rank, (neg, a, i) in enumerate(rows_out[: max(limit, 1)]):
             score = -neg
-            t3 = top3.get(a)
             features = (
                 score,
                 score - (second if rank == 0 else first),
-                f_exps[i] / total,
+                f_probs[i],
                 best1.get(a, 0.0),
-                sum(t3) / 3.0 if t3 else 0.0,
+                mean3.get(a, 0.0),
                 f_cents[i],
                 best_fuzz.get(a, 0.0),
                 f_covs[i] * cov_scale,

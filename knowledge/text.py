@@ -22,12 +22,15 @@ from functools import lru_cache
 
 __all__ = ["STOP_WORDS", "content_tokens", "normalise", "stem", "tokens"]
 
-# Multi-word phrases first (applied on the lower-cased, apostrophe-folded text).
+# Multi-word phrases first (applied on the lower-cased, apostrophe-folded text). Each
+# pattern is ``\b`` and then a literal character (see _PHRASE_HINT).
 _PHRASES: tuple[tuple[str, str], ...] = (
     (r"\bwi[\s-]?fi\b", "wifi"),
     (r"\be[\s-]mail", "email"),
-    (r"\b(?:log|sign)[\s-]?(?:in|on)\b", "login"),
-    (r"\b(?:log|sign)[\s-]?(?:out|off)\b", "logout"),
+    (r"\blog[\s-]?(?:in|on)\b", "login"),
+    (r"\bsign[\s-]?(?:in|on)\b", "login"),
+    (r"\blog[\s-]?(?:out|off)\b", "logout"),
+    (r"\bsign[\s-]?(?:out|off)\b", "logout"),
     (r"\bset[\s-]up\b", "setup"),
     (r"\bmulti[\s-]?factor(?:\s+auth\w*)?\b", "mfa"),
     (r"\btwo[\s-]?(?:factor|step)(?:\s+(?:auth\w*|verification))?\b", "mfa"),
@@ -36,7 +39,9 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"\bup[\s-]to[\s-]date\b", "uptodate"),
     (r"\bout[\s-]of[\s-]office\b", "outofoffice"),
     (r"\bmicrosoft\s+(?:365|office)\b", "office365"),
-    (r"\b(?:o|m|office\s?)365\b", "office365"),
+    (r"\bo365\b", "office365"),
+    (r"\bm365\b", "office365"),
+    (r"\boffice\s?365\b", "office365"),
     (r"\bms\s+teams\b", "teams"),
     (r"\bhard[\s-]?drive\b", "disk"),
     (r"\bcell[\s-]?phone\b", "phone"),
@@ -44,9 +49,14 @@ _PHRASES: tuple[tuple[str, str], ...] = (
 )
 # One alternation, one pass, tried only at word starts: the matched group's index says
 # which rewrite applies.
-assert all(p.startswith(r"\b") for p, _ in _PHRASES)
+assert all(p.startswith(r"\b") and p[2].isalnum() for p, _ in _PHRASES)
 _PHRASE_RE = re.compile(r"\b(?:" + "|".join(f"({p[2:]})" for p, _ in _PHRASES) + ")")
 _PHRASE_REPL = tuple(r for _, r in _PHRASES)
+# The same alternatives without the leading \b: a text that has no match for this has
+# none for _PHRASE_RE either, and with every alternative starting with a literal the
+# regex engine scans for their first characters instead of trying each position (about
+# four times faster; most texts contain no phrase at all).
+_PHRASE_HINT = re.compile("|".join(p[2:] for p, _ in _PHRASES))
 
 
 def _phrase(match: re.Match[str]) -> str:
@@ -140,7 +150,7 @@ STOP_WORDS: frozenset[str] = frozenset(
     hey hi hello thanks thank okay ok tell let know want need like""".split()
 )
 
-_NON_WORD = re.compile(r"[^\w]+")
+_WORD = re.compile(r"[^\W_]+")  # runs of word characters; "_" separates words too
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 _EXCEPTIONS = frozenset(
     {"this", "is", "was", "has", "does", "its", "yes", "bus", "gas", "plus", "status", "always",
@@ -198,12 +208,10 @@ def normalise(text: str) -> str:
     if "'" in text:
         for pattern, repl in _CONTRACTION_RES:
             text = pattern.sub(repl, text)
-    text = _PHRASE_RE.sub(_phrase, text)
-    words: list[str] = []
-    for raw in _NON_WORD.sub(" ", text).replace("_", " ").split():
-        mapped = SYNONYMS.get(raw, raw)
-        words.extend(mapped.split())
-    return " ".join(words)
+    if _PHRASE_HINT.search(text) is not None:
+        text = _PHRASE_RE.sub(_phrase, text)
+    synonyms = SYNONYMS
+    return " ".join([synonyms.get(raw, raw) for raw in _WORD.findall(text)])
 
 
 def tokens(text: str) -> list[str]:

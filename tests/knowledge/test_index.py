@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 
 from knowledge import KnowledgeBase
 from knowledge import index as index_module
+from knowledge import text as text_module
 from knowledge.calibration import DEFAULT, N_FEATURES, Calibration
-from knowledge.index import SearchIndex, _Postings, _top
+from knowledge.index import SearchIndex, _best_rows, _log_sum_exp, _Postings, _top
+from knowledge.text import normalise
 
 SAMPLE = Path(__file__).resolve().parents[2] / "knowledge" / "sample"
 
@@ -35,6 +38,7 @@ def test_postings_dot_matches_a_dense_product() -> None:
     weights = [0.5, 2.0, 0.25, 1.5]
     expected = np.asarray(weights, np.float32) @ dense[ids]
     np.testing.assert_allclose(postings.dot(ids, weights), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(postings.dot(ids), dense[ids].sum(axis=0), rtol=1e-5, atol=1e-6)
     assert not postings.dot([7], [1.0]).any()
 
 
@@ -46,6 +50,51 @@ def test_top_returns_the_k_largest_positive_scores(n: int) -> None:
     order = np.argsort(-scores, kind="stable")
     expected = sorted(int(i) for i in order[:8] if scores[i] > 0)
     assert got == expected
+
+
+@pytest.mark.parametrize("n", [5, 32, 300, 3000])
+def test_best_rows_are_the_k_largest_positive_best_first(n: int) -> None:
+    rng = np.random.default_rng(n)
+    scores = np.round(rng.normal(size=n), 1)  # rounded: ties, broken by the lower index
+    got = _best_rows(scores, 32)
+    expected = sorted((-float(v), i) for i, v in enumerate(scores.tolist()) if v > 0)
+    if len(expected) > 32:  # at the 32nd score, which of the tied rows is kept is open
+        cut = expected[31][0]
+        assert [v for v, _ in got] == [v for v, _ in expected[:32]]
+        assert [r for v, r in got if v != cut] == [r for v, r in expected if v < cut]
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("shift", [0.0, 200.0, -200.0])
+def test_log_sum_exp_is_stable_far_from_zero(shift: float) -> None:
+    logits = (np.linspace(-5, 7, 40) + shift).astype(np.float32)
+    expected = shift + math.log(sum(math.exp(x - shift) for x in logits.tolist()))
+    assert _log_sum_exp(logits) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my wi-fi and e-mail are down",
+        "can't log in (sign-on page) since the set up",
+        "2FA / two step verification on Microsoft 365 and o365",
+        "office 365 vs office365; ms teams; cell-phone; smart phone",
+        "signing on to the website; a logon; wifis",
+        "the user_name field; café ﬁle",
+    ],
+)
+def test_phrase_prefilter_changes_nothing(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """normalise skips the phrase pass when its prefilter finds nothing: same result as
+    always running it."""
+    filtered = normalise.__wrapped__(text)
+    monkeypatch.setattr(text_module, "_PHRASE_HINT", re.compile(""))  # always "found"
+    assert normalise.__wrapped__(text) == filtered
+    for word in text.lower().split():  # also each word alone, mostly without a phrase
+        monkeypatch.undo()
+        alone = normalise.__wrapped__(word)
+        monkeypatch.setattr(text_module, "_PHRASE_HINT", re.compile(""))
+        assert normalise.__wrapped__(word) == alone
 
 
 def test_confidences_match_confidence_row_by_row() -> None:
