@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rapidfuzz import fuzz, process, utils
 
@@ -62,6 +63,13 @@ class Catalog:
     vips: frozenset[str] = frozenset()
     _choices: dict[str, str] = field(default_factory=dict)
     _found: dict[tuple[str, float], Service | None] = field(default_factory=dict)
+    _labels_by_words: dict[int, list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_words: dict[int, list[str]] = {}
+        for label in self._choices:
+            by_words.setdefault(len(label.split()), []).append(label)
+        object.__setattr__(self, "_labels_by_words", by_words)
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
@@ -148,16 +156,18 @@ class Catalog:
         if not processed:
             return None
         words = processed.split()
+        # each label is compared with every window of the text of its own number of
+        # words; one cdist per window length scores all labels of that length at once
+        best_hit: dict[str, float] = {}
+        for n, labels in self._labels_by_words.items():
+            windows = [" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
+            scores = process.cdist(labels, windows, scorer=fuzz.ratio, dtype=np.float64)
+            best_hit.update(zip(labels, scores.max(axis=1).tolist(), strict=True))
         best: tuple[float, str] | None = None
         for label, sid in self._choices.items():
-            n = len(label.split())
-            # compare the alias with every window of the same number of words
-            windows = [" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
-            hit = process.extractOne(label, windows, scorer=fuzz.ratio)
-            if hit is None:
-                continue
-            score = hit[1] - (0 if len(label) > 4 else max(0, 100 - hit[1]) * 2)
-            if len(label) <= 3 and hit[1] < 100:
+            hit = best_hit[label]
+            score = hit - (0 if len(label) > 4 else max(0, 100 - hit) * 2)
+            if len(label) <= 3 and hit < 100:
                 continue
             if best is None or score > best[0]:
                 best = (score, sid)
