@@ -488,15 +488,6 @@ class Conversations:
         rows = await self.session.execute(stmt.order_by(Message.id).limit(limit))
         return list(rows.scalars())
 
-    async def of_person(self, person_id: int, *, limit: int = 20) -> list[Conversation]:
-        rows = await self.session.execute(
-            select(Conversation)
-            .where(Conversation.person_id == person_id)
-            .order_by(Conversation.updated_at.desc())
-            .limit(limit)
-        )
-        return list(rows.scalars())
-
     async def in_state(self, states: Sequence[str], *, limit: int = 200) -> list[Conversation]:
         rows = await self.session.execute(
             select(Conversation)
