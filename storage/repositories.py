@@ -74,13 +74,19 @@ def _upsert(
 
 
 def _defaults(table: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """The Python-side column defaults the ORM would have filled in for a text insert."""
+    """The Python-side column defaults the ORM would have filled in for a text insert
+    (scalars and callables; the models declare no SQL-expression defaults)."""
     out: dict[str, Any] = {}
     for column in table.columns:
         default = column.default
         if column.name in given or default is None or column.primary_key:
             continue
-        out[column.name] = default.arg(None) if default.is_callable else default.arg
+        if default.is_callable:
+            out[column.name] = default.arg(None)
+        elif default.is_scalar:
+            out[column.name] = default.arg
+        else:
+            raise TypeError(f"{table.name}.{column.name}: a SQL default needs the ORM insert")
     return out
 
 
