@@ -16,6 +16,7 @@ import random
 from datetime import timedelta
 
 from bot.clock import Clock
+from bot.errors import TransientError
 from bot.ports import InboundHandler
 from bot.types import Inbound, inbound_from_json, inbound_to_json
 from storage.db import Database
@@ -56,6 +57,7 @@ class InboxWorker:
         *,
         max_attempts: int = 6,
         base_backoff: float = 1.0,
+        max_backoff: float = 300.0,
         lease_seconds: float = 120.0,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
@@ -64,6 +66,7 @@ class InboxWorker:
         self.handler = handler
         self.max_attempts = max_attempts
         self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
         self.lease = timedelta(seconds=lease_seconds)
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
@@ -146,7 +149,9 @@ class InboxWorker:
                 return
             row.attempts = attempts + 1
             row.last_error = f"{type(error).__name__}: {error}"[:2000]
-            if row.attempts >= self.max_attempts:
+            # a transient error (the database unreachable, a dropped connection) is not
+            # the message's fault: it waits, however long, instead of being given up
+            if row.attempts >= self.max_attempts and not isinstance(error, TransientError):
                 row.status = "failed"
                 await Alerts(session).raise_alert(
                     "inbound_failed",
@@ -157,5 +162,5 @@ class InboxWorker:
                 )
                 return
             row.status = "pending"
-            delay = self.base_backoff * 2 ** (row.attempts - 1)
+            delay = min(self.max_backoff, self.base_backoff * 2 ** min(row.attempts - 1, 30))
             row.next_attempt_at = now + timedelta(seconds=self._rng.uniform(delay / 2, delay))

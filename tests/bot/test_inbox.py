@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 
 from bot.inbox import InboxWorker
@@ -78,3 +80,35 @@ async def test_stop_lets_the_batch_in_hand_finish(desk: Desk) -> None:
     async with desk.core.db.read() as session:
         statuses = [r.status for r in (await session.execute(select(InboxRow))).scalars()]
     assert statuses == ["done"]
+
+
+async def test_a_database_outage_never_uses_up_the_attempts(desk: Desk) -> None:
+    """TransientError (the database down, R47) waits with a capped backoff, however many
+    times; a message is given up only for errors that are its own."""
+    from bot.errors import TransientError
+
+    calls: list[str] = []
+
+    async def outage(inbound: Inbound) -> HandleResult:
+        calls.append(inbound.external_id)
+        if len(calls) <= 5:
+            raise TransientError("database unavailable: OperationalError")
+        return await desk.core.manager.handle(inbound)
+
+    await desk.core.inbox.accept(desk.inbound("hi"))
+    worker = InboxWorker(desk.core.inbox, outage, max_attempts=2, base_backoff=1.0, max_backoff=4.0)
+    for _ in range(6):
+        await worker.run_once()
+        async with desk.core.db.read() as session:
+            row = (await session.execute(select(InboxRow))).scalar_one()
+        if row.status == "pending":
+            # the wait doubles but never passes max_backoff
+            assert row.next_attempt_at - desk.clock.now() <= timedelta(seconds=4)
+        desk.clock.advance(seconds=5)
+    assert len(calls) == 6
+    async with desk.core.db.read() as session:
+        row = (await session.execute(select(InboxRow))).scalar_one()
+        alerts = (await session.execute(select(Alert))).scalars().all()
+    assert row.status == "done" and row.attempts == 5
+    assert alerts == []
+    assert len(await desk.delivered()) == 1
