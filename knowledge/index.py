@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import threading
 import time
 from array import array
 from collections import Counter
@@ -36,6 +37,7 @@ import numpy.typing as npt
 from rapidfuzz import fuzz
 
 from .article import Article
+from .kernels import dense_scores, knn_top
 from .text import STOP_WORDS, normalise, stem
 
 __all__ = ["LINEAR_BUDGET", "Candidate", "SearchIndex", "featurise"]
@@ -54,6 +56,7 @@ _WORD_CACHE_SIZE = 200_000
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int32]
+_NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 
 
 @lru_cache(maxsize=65536)
@@ -84,16 +87,6 @@ def _top(scores: npt.NDArray[Any], k: int) -> list[int]:
         return positive.tolist()  # type: ignore[no-any-return]
     picked = np.argpartition(scores, n - k)[-k:] if n > k else np.arange(n)
     return [i for i, v in zip(picked.tolist(), scores[picked].tolist(), strict=True) if v > 0]
-
-
-def _best_rows(scores: npt.NDArray[np.float64], k: int) -> list[tuple[float, int]]:
-    """The ``k`` largest positive scores as ``(-score, index)``, best first (ties: lower
-    index)."""
-    hit = (scores > 0).nonzero()[0]
-    if len(hit) > k:
-        hit = hit[np.argpartition(scores[hit], len(hit) - k)[-k:]]
-    value: Sequence[float] = scores.data  # type: ignore[assignment]
-    return sorted([(-value[i], i) for i in hit.tolist()])
 
 
 def _log_sum_exp(logits: npt.NDArray[Any]) -> float:
@@ -156,9 +149,10 @@ class _Query(NamedTuple):
 
 
 class _Postings:
-    """Feature → (row, weight) lists in CSR form, summed with one ``bincount``."""
+    """Feature → (row, weight) lists in CSR form, summed with one ``bincount`` (or, for
+    the best few rows only, one compiled pass: :meth:`top`)."""
 
-    __slots__ = ("indptr", "indptr_view", "rows", "weights", "n_rows")
+    __slots__ = ("indptr", "indptr_view", "rows", "weights", "n_rows", "_scratch")
 
     def __init__(
         self, feat: IntArray, row: IntArray, weight: FloatArray, n_feats: int, n_rows: int
@@ -171,6 +165,8 @@ class _Postings:
         np.cumsum(counts, out=self.indptr[1:])
         self.indptr_view: Sequence[int] = self.indptr.data  # Python ints, no numpy call
         self.n_rows = n_rows
+        # top()'s scratch arrays, one pair per thread: an index is searched from any.
+        self._scratch = threading.local()
 
     def dot(
         self, ids: Sequence[int], weights: Sequence[float] | None = None
@@ -196,6 +192,30 @@ class _Postings:
             scaled *= np.repeat(np.asarray(weights, np.float32), lengths)
         summed = np.bincount(np.concatenate(row_parts), weights=scaled, minlength=self.n_rows)
         return cast("npt.NDArray[np.float64]", summed)  # float64: bincount with weights
+
+    def top(
+        self, ids: Sequence[int], weights: Sequence[float] | None, k: int
+    ) -> tuple[list[int], list[float]]:
+        """The ``k`` rows with the largest positive :meth:`dot`, best first (ties: the
+        lower row first), and their sums; the same arithmetic as :meth:`dot` in one
+        compiled pass (:func:`knowledge.kernels.knn_top`). Row weights must be positive."""
+        scratch = self._scratch
+        acc: npt.NDArray[np.float64] | None = getattr(scratch, "acc", None)
+        if acc is None:
+            acc = scratch.acc = np.zeros(self.n_rows)
+            scratch.touched = np.empty(self.n_rows, dtype=np.int32)
+        tf = _NO_WEIGHTS if weights is None else np.asarray(weights, np.float32)
+        rows, sums = knn_top(
+            self.indptr,
+            self.rows,
+            self.weights,
+            np.asarray(ids, np.int64),
+            tf,
+            acc,
+            scratch.touched,
+            k,
+        )
+        return rows.tolist(), sums.tolist()
 
     @property
     def nbytes(self) -> int:
@@ -335,6 +355,7 @@ class SearchIndex:
         # ids; filled lazily by queries (bounded, see _word_features).
         self._word_cache: dict[str, _WordFeatures] = {}
         self._bias_row = n_feats  # the dense matrix's row of linear biases
+        self._scratch = threading.local()  # per-thread query buffers (_dense_scratch)
         # Element access from Python without numpy's per-call cost (no copies).
         # (memoryview items are floats / bools / ints at run time; typeshed says int.)
         self._idf_view: Sequence[float] = self.idf.data  # type: ignore[assignment]
@@ -494,6 +515,16 @@ class SearchIndex:
             unknown,
         )
 
+    def _dense_scratch(self) -> tuple[npt.NDArray[np.float64], tuple[Sequence[float], ...]]:
+        """This thread's ``3 × articles`` output of :func:`~knowledge.kernels.dense_scores`
+        and a memoryview of each row."""
+        scratch = self._scratch
+        scored: npt.NDArray[np.float64] | None = getattr(scratch, "scored", None)
+        if scored is None:
+            scored = scratch.scored = np.zeros((3, self.n_articles))
+            scratch.views = tuple(row.data for row in scored)
+        return scored, scratch.views
+
     def candidates(self, text: str, fusion: Sequence[float], *, limit: int = 5) -> list[Candidate]:
         """The best articles for ``text`` by fused score, best first, with their features.
 
@@ -517,11 +548,18 @@ class SearchIndex:
             cov_row = [0.0] * (len(q.ids) + 1)
             for pos, value in zip(q.word_pos, q.word_idf, strict=True):
                 cov_row[pos] = value
-            coef = np.array((q.weights + [1.0], cov_row), dtype=np.float32)
-            scored = (coef @ self._dense[q.ids + [self._bias_row]]).reshape(6, n_art)
-            # rows: 0 centroid, 1 logit, 5 coverage mass (2-4 are cross terms, unused)
-            energy = _log_sum_exp(scored[1])
-            by_scorers = _top_fused(scored[0], scored[1], energy, fusion)
+            scored, views = self._dense_scratch()
+            energy, best = dense_scores(
+                self._dense,
+                np.asarray(q.ids + [self._bias_row], np.int64),
+                np.asarray(q.weights + [1.0], np.float32),
+                np.asarray(cov_row, np.float32),
+                scored,
+                fusion[0],
+                fusion[3],
+                _PER_SCORER,
+            )
+            by_scorers = best.tolist()
         else:
             cent = self.centroids.dot(q.ids, q.weights)
             if q.word_ids and total_idf > 0:
@@ -544,21 +582,21 @@ class SearchIndex:
         top3: dict[int, list[float]] = {}
         best_fuzz: dict[int, float] = {}
         if q.knn_ids:
-            ranked = _best_rows(self.phrasings.dot(q.knn_ids, q.knn_tf), _TOP_PHRASINGS)
-            scale = -1.0 / q.knn_norm
+            ranked, sums = self.phrasings.top(q.knn_ids, q.knn_tf, _TOP_PHRASINGS)
+            scale = 1.0 / q.knn_norm
             article_of = self._article_view
-            for neg, p in ranked:
+            for p, total in zip(ranked, sums, strict=True):
                 a = article_of[p]
                 t3 = top3.get(a)
                 if t3 is None:
-                    best1[a] = neg * scale
-                    top3[a] = [neg * scale]
+                    best1[a] = total * scale
+                    top3[a] = [total * scale]
                 elif len(t3) < 3:
-                    t3.append(neg * scale)
+                    t3.append(total * scale)
             query_text = q.normalised
             texts = self.phrasing_text
             set_ratio, ratio = fuzz.token_set_ratio, fuzz.ratio
-            for _, p in ranked[:_FUZZ_PHRASINGS]:
+            for p in ranked[:_FUZZ_PHRASINGS]:
                 t = texts[p]
                 value = (set_ratio(query_text, t) + ratio(query_text, t)) / 200.0
                 a = article_of[p]
@@ -571,8 +609,8 @@ class SearchIndex:
             return []
         members = list(pool)
         if self._dense is not None:
-            gathered = scored[:, members].tolist()
-            f_cents, f_logits, f_covs = gathered[0], gathered[1], gathered[5]
+            # scored rows: centroid cosine, logit, coverage mass (read without numpy calls)
+            f_cents, f_logits, f_covs = ([view[a] for a in members] for view in views)
         else:  # large KB: gather only the pooled articles, no full-size copies
             f_cents = cent[members].tolist()
             f_logits = logits[members].tolist()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import math
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from knowledge import KnowledgeBase
 from knowledge import index as index_module
 from knowledge import text as text_module
 from knowledge.calibration import DEFAULT, N_FEATURES, Calibration
-from knowledge.index import SearchIndex, _best_rows, _log_sum_exp, _Postings, _top
+from knowledge.index import SearchIndex, _log_sum_exp, _Postings, _top
+from knowledge.kernels import dense_scores
 from knowledge.text import normalise
 
 SAMPLE = Path(__file__).resolve().parents[2] / "knowledge" / "sample"
@@ -52,18 +55,94 @@ def test_top_returns_the_k_largest_positive_scores(n: int) -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize("n", [5, 32, 300, 3000])
-def test_best_rows_are_the_k_largest_positive_best_first(n: int) -> None:
-    rng = np.random.default_rng(n)
-    scores = np.round(rng.normal(size=n), 1)  # rounded: ties, broken by the lower index
-    got = _best_rows(scores, 32)
-    expected = sorted((-float(v), i) for i, v in enumerate(scores.tolist()) if v > 0)
-    if len(expected) > 32:  # at the 32nd score, which of the tied rows is kept is open
-        cut = expected[31][0]
-        assert [v for v, _ in got] == [v for v, _ in expected[:32]]
-        assert [r for v, r in got if v != cut] == [r for v, r in expected if v < cut]
+def _random_postings(
+    rng: np.random.Generator, n_feats: int, n_rows: int, density: float
+) -> tuple[_Postings, npt.NDArray[np.float32]]:
+    """Postings with positive weights rounded to a coarse grid (so that sums tie)."""
+    dense = (np.round(rng.random((n_feats, n_rows)) * 4) / 4 + 0.25).astype(np.float32)
+    dense[rng.random((n_feats, n_rows)) > density] = 0.0
+    feat, row = np.nonzero(dense)
+    postings = _Postings(
+        feat.astype(np.int32), row.astype(np.int32), dense[feat, row], n_feats, n_rows
+    )
+    return postings, dense
+
+
+@pytest.mark.parametrize(("n_rows", "density"), [(5, 0.5), (40, 0.2), (300, 0.05), (3000, 0.01)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_postings_top_is_the_k_best_sums_best_first(
+    n_rows: int, density: float, weighted: bool
+) -> None:
+    """``top`` ranks exactly as sorting ``dot`` by (-sum, row): ties go to the lower row,
+    rows without a posting are never returned, and the scratch is clean afterwards."""
+    rng = np.random.default_rng(n_rows)
+    postings, _ = _random_postings(rng, 30, n_rows, density)
+    for trial in range(20):
+        ids = rng.choice(30, size=int(rng.integers(1, 8)), replace=False).tolist()
+        weights = [1.0 + math.log(int(c)) for c in rng.integers(1, 4, len(ids))]
+        tf = weights if weighted else None
+        sums = postings.dot(ids, tf)
+        expected = sorted((-float(v), i) for i, v in enumerate(sums.tolist()) if v > 0)[:32]
+        rows, got = postings.top(ids, tf, 32)
+        assert rows == [i for _, i in expected], trial
+        assert got == [-v for v, _ in expected]  # the same arithmetic: equal, not close
+        assert not postings._scratch.acc.any()
+    assert postings.top([], None, 32) == ([], [])
+
+
+def test_postings_top_keeps_a_scratch_per_thread() -> None:
+    """Threads searching one index at once each get the answer they would get alone."""
+    rng = np.random.default_rng(11)
+    postings, _ = _random_postings(rng, 50, 2000, 0.05)
+    queries = [rng.choice(50, size=5, replace=False).tolist() for _ in range(200)]
+    alone = [postings.top(ids, None, 32) for ids in queries]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(lambda ids: postings.top(ids, None, 32), queries)) == alone
+
+
+@pytest.mark.parametrize(
+    ("w_lin", "w_cent"), [(1.0, 0.0), (0.0, 1.0), (0.7, 0.3), (1.0, -0.5), (0.0, 0.0)]
+)
+def test_dense_scores_match_the_matrix_definition(w_lin: float, w_cent: float) -> None:
+    rng = np.random.default_rng(int(10 * w_lin + 100 * w_cent) % 97)
+    n_feats, n_art = 60, 45
+    dense = rng.normal(size=(n_feats + 1, 3 * n_art)).astype(np.float32)
+    dense[:, :n_art] = np.abs(dense[:, :n_art]) * (rng.random((n_feats + 1, n_art)) < 0.3)
+    dense[:, 2 * n_art :] = rng.random((n_feats + 1, n_art)) < 0.2
+    dense[:, n_art : 2 * n_art] *= 3.0
+    rows = [*rng.choice(n_feats, size=9, replace=False).tolist(), n_feats]
+    weights = [*rng.random(9).tolist(), 1.0]
+    coverage = [float(rng.random()) if i % 3 == 0 else 0.0 for i in range(9)] + [0.0]
+    out = np.zeros((3, n_art))
+    energy, best = dense_scores(
+        dense,
+        np.asarray(rows, np.int64),
+        np.asarray(weights, np.float32),
+        np.asarray(coverage, np.float32),
+        out,
+        w_lin,
+        w_cent,
+        8,
+    )
+    gathered = dense[rows].astype(np.float64)
+    cent = np.asarray(weights, np.float32).astype(np.float64) @ gathered[:, :n_art]
+    logits = np.asarray(weights, np.float32).astype(np.float64) @ gathered[:, n_art : 2 * n_art]
+    cov = np.asarray(coverage, np.float32).astype(np.float64) @ gathered[:, 2 * n_art :]
+    np.testing.assert_allclose(out[0], cent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[1], logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[2], cov, rtol=1e-5, atol=1e-6)
+    assert energy == pytest.approx(math.log(np.exp(out[1]).sum()), rel=1e-9)
+    if w_cent == 0.0 and w_lin > 0.0:
+        key = out[1]
+        eligible = range(n_art)
     else:
-        assert got == expected
+        key = w_lin * np.exp(out[1] - energy) + w_cent * out[0]
+        eligible = [a for a in range(n_art) if key[a] > 0]
+    expected = sorted(eligible, key=lambda a: (-key[a], a))[:8]
+    assert best.tolist() == expected
+    if w_lin == 0.0 and w_cent == 0.0:
+        assert best.tolist() == []
 
 
 @pytest.mark.parametrize("shift", [0.0, 200.0, -200.0])
