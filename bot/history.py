@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bot.types import Outbound
 from storage.db import Database
-from storage.repositories import Conversations
+from storage.repositories import Conversations, Outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +52,13 @@ class ConversationReader:
             )
             for m in rows
         ]
+
+    async def outbound(self, outbox_ids: Sequence[int]) -> dict[int, Outbound]:
+        """The queued outbound messages with these outbox ids (what another node sent to
+        a socket held here), in one query; ids that do not exist are left out."""
+        async with self.db.read() as session:
+            payloads = await Outbox(session).payloads(outbox_ids)
+        return {
+            row_id: Outbound.from_json(payload, outbox_id=row_id)
+            for row_id, payload in payloads.items()
+        }

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 from bot.agents import AgentDesk
 from bot.catalog import Catalog
 from bot.clock import Clock, SystemClock
+from bot.cluster import ClusterEvents
 from bot.events import EventBus
 from bot.history import ConversationReader
 from bot.inbox import Inbox, InboxWorker
@@ -36,6 +37,9 @@ from knowledge import KnowledgeBase
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.repositories import Outbox
+
+if TYPE_CHECKING:
+    from channels.webchat import WebChatChannel
 
 logger = logging.getLogger("deskbot")
 
@@ -57,6 +61,8 @@ class Core:
     tickets: TicketDesk
     inbox: Inbox
     surfaces: list[AgentSurface] = field(default_factory=list)
+    cluster: ClusterEvents | None = None
+    """On PostgreSQL: this node's link to the others (started by ``Runtime``)."""
 
     async def health(self) -> dict[str, Any]:
         from sqlalchemy import text
@@ -88,6 +94,9 @@ def build_core(
         for error in knowledge.errors:
             logger.warning("kb.article.error %s", error)
     events = EventBus()
+    # several nodes may share a PostgreSQL database: their events meet through
+    # LISTEN/NOTIFY; SQLite is one process by nature and needs no link
+    cluster = ClusterEvents(events, db.url) if db.is_postgres else None
     registry = ChannelRegistry()
     dispatcher = OutboxDispatcher(
         db,
@@ -135,15 +144,22 @@ def build_core(
         tickets=tickets,
         inbox=Inbox(db, clock),
         surfaces=manager.surfaces,
+        cluster=cluster,
     )
 
 
 class Runtime:
     """``deskbot run``: migrations, channels, HTTP server, scheduler and dispatcher."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        knowledge: KnowledgeBase | None = None,
+    ) -> None:
         self.settings = settings
-        self.core = build_core(settings, clock=clock)
+        self.core = build_core(settings, clock=clock, knowledge=knowledge)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._started: list[Any] = []
         self.http: Any = None
@@ -152,6 +168,9 @@ class Runtime:
     async def start(self) -> None:
         try:
             await upgrade(self.core.db)
+            if self.core.cluster is not None:  # before anything that publishes or listens
+                await self.core.cluster.start()
+                self._started.append(self.core.cluster)
             for channel in build_channels(self.core):
                 self.core.registry.add(channel)
             from channels.http.server import HttpServer, build_app
@@ -211,9 +230,7 @@ class Runtime:
 def build_channels(core: Core) -> list[Channel]:
     """The channels whose settings are present (one line per channel)."""
     channels: list[Channel] = []
-    from channels.webchat import WebChatChannel
-
-    channels.append(WebChatChannel())
+    channels.append(build_webchat(core))
     if core.settings.slack_enabled:  # Slack (channels/slack): requesters and triage
         from channels.slack.wiring import build_slack
 
@@ -259,6 +276,13 @@ def build_channels(core: Core) -> list[Channel]:
     return channels
 
 
+def build_webchat(core: Core) -> WebChatChannel:
+    """The web chat channel, reaching visitors' sockets on every node through the bus."""
+    from channels.webchat import WebChatChannel
+
+    return WebChatChannel(events=core.events, load_outbound=ConversationReader(core.db).outbound)
+
+
 def http_routers(core: Core) -> list[Any]:
     """Routers the enabled web-facing channels contribute to the one HTTP server."""
     from bot.reports import DeskReports
@@ -267,7 +291,7 @@ def http_routers(core: Core) -> list[Any]:
 
     webchat = core.registry.get("webchat")
     if not isinstance(webchat, WebChatChannel):
-        webchat = WebChatChannel()
+        webchat = build_webchat(core)
         core.registry.add(webchat)
     routers = list(
         web_routers(

@@ -598,6 +598,15 @@ class Outbox:
     async def get(self, row_id: int) -> OutboxRow | None:
         return await self.session.get(OutboxRow, row_id)
 
+    async def payloads(self, row_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """``{id: payload}`` of the given rows (missing ids are left out), in one query."""
+        if not row_ids:
+            return {}
+        rows = await self.session.execute(
+            select(OutboxRow.id, OutboxRow.payload).where(OutboxRow.id.in_(list(row_ids)))
+        )
+        return {row_id: dict(payload) for row_id, payload in rows}
+
     async def claim_due(
         self, now: datetime, *, lease: timedelta, limit: int, skip_channels: Sequence[str] = ()
     ) -> list[Row[Any]]:

@@ -1,16 +1,41 @@
-"""The web chat channel: live WebSocket connections per visitor, and ``send`` to them."""
+"""The web chat channel: live WebSocket connections per visitor, and ``send`` to them.
+
+A visitor's sockets live on the node they connected to; the outbox dispatcher of any
+node may send the reply. ``send`` therefore first tells the other nodes (a
+``webchat.outbound`` event with the outbox id and the visitor key, through the event
+bus's cluster link), then pushes the frame to the sockets held here. A node that holds
+one of the visitor's sockets reads the outbound message from the database by its outbox
+id and pushes the same frame. Each open socket gets each reply once; the widget also
+drops a frame whose message id it has already shown.
+
+What "sent" means for a web chat outbox row: the message is in the conversation's
+history (it was committed with the outbox row), it was pushed to the sockets of this node,
+and every node listening at that moment was told. A node whose listen connection was down
+misses the notice and, once reconnected, tells its sockets to re-read their history
+(``resync``). A visitor with no open socket anywhere finds the reply in the history when
+the widget reconnects.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from bot.events import RESYNC, ConversationEvent, EventBus
 from channels.base import Delivery, Outbound
 from channels.webchat.convert import CHANNEL, outbound_frame
 
 logger = logging.getLogger(__name__)
+
+PEER_OUTBOUND = "webchat.outbound"
+"""The event by which a node tells the others to push an outbound message to a visitor."""
+
+OutboundLoader = Callable[[Sequence[int]], Awaitable[dict[int, Outbound]]]
+"""Reads queued outbound messages by outbox id (``ConversationReader.outbound``)."""
 
 
 class FrameSink(Protocol):
@@ -20,7 +45,8 @@ class FrameSink(Protocol):
 
 
 class WebChatChannel:
-    """Pushes the bot's and agents' messages to every open socket of a visitor.
+    """Pushes the bot's and agents' messages to every open socket of a visitor, on this
+    node and, through ``events`` and ``load_outbound``, on the others.
 
     A visitor without an open socket still gets a :class:`Delivery`: the message is in the
     database and comes back with the history when the widget reconnects.
@@ -28,14 +54,33 @@ class WebChatChannel:
 
     kind = CHANNEL
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        events: EventBus | None = None,
+        load_outbound: OutboundLoader | None = None,
+    ) -> None:
         self._sockets: dict[str, set[FrameSink]] = {}
         self._lock = asyncio.Lock()
+        self._events = events
+        self._load_outbound = load_outbound
+        self._peers: asyncio.Task[None] | None = None
+        self._following = asyncio.Event()
 
     async def start(self) -> None:
+        if self._events is not None and self._load_outbound is not None and self._peers is None:
+            self._following.clear()
+            self._peers = asyncio.create_task(self._follow_peers(), name="webchat.peers")
+            self._peers.add_done_callback(self._peers_stopped)
+            await self._following.wait()  # subscribed: nothing sent from now on is missed
         logger.info("webchat.channel.started")
 
     async def stop(self) -> None:
+        task, self._peers = self._peers, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         async with self._lock:
             self._sockets.clear()
 
@@ -57,10 +102,27 @@ class WebChatChannel:
     async def send(self, outbound: Outbound) -> Delivery:
         visitor = str(outbound.address.get("visitor") or "")
         platform_id = f"webchat-{outbound.outbox_id}"
+        if self._events is not None and outbound.outbox_id is not None:
+            # before our own sockets: when the others cannot be told, this raises and the
+            # dispatcher retries the row, and no socket has the frame twice
+            await self._events.announce(
+                ConversationEvent(
+                    PEER_OUTBOUND,
+                    outbound.conversation_id,
+                    {"outbox_id": outbound.outbox_id, "visitor": visitor},
+                )
+            )
+        delivered = await self._push(visitor, outbound)
+        return Delivery(platform_id=platform_id, meta={"live": delivered})
+
+    async def _push(self, visitor: str, outbound: Outbound) -> int:
+        """Send one message's frame to the visitor's sockets on this node."""
         sinks = list(self._sockets.get(visitor, ()))
         if not sinks:
-            return Delivery(platform_id=platform_id, meta={"live": 0})
-        data = json.dumps(outbound_frame(outbound))
+            return 0
+        return await self._send_frame(visitor, sinks, json.dumps(outbound_frame(outbound)))
+
+    async def _send_frame(self, visitor: str, sinks: list[FrameSink], data: str) -> int:
         delivered = 0
         for sink in sinks:
             try:
@@ -70,4 +132,58 @@ class WebChatChannel:
             except Exception as exc:  # a dead socket: forget it, the history has the message
                 logger.info("webchat.send.socket_dropped error=%s", type(exc).__name__)
                 await self.detach(visitor, sink)
-        return Delivery(platform_id=platform_id, meta={"live": delivered})
+        return delivered
+
+    # the other nodes ------------------------------------------------------------------------
+
+    def _peers_stopped(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("webchat.peers.crashed", exc_info=task.exception())
+
+    async def _follow_peers(self) -> None:
+        assert self._events is not None
+        async with self._events.subscribe(cluster=True, kinds=(PEER_OUTBOUND, RESYNC)) as queue:
+            self._following.set()
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                try:
+                    await self._from_peers(batch)
+                except Exception:
+                    # the messages are in the history; the sockets catch up on resync
+                    logger.exception("webchat.peers.delivery_failed events=%d", len(batch))
+
+    async def _from_peers(self, events: list[ConversationEvent]) -> None:
+        """Push what other nodes sent to sockets held here, in the order they sent it."""
+        wanted: list[tuple[int, str]] = []
+        for event in events:
+            if event.kind == RESYNC:
+                await self._resync_sockets()
+                wanted.clear()  # the history read after a resync has them all
+                continue
+            visitor = str(event.data.get("visitor") or "")
+            outbox_id = event.data.get("outbox_id")
+            if (
+                event.origin is None
+                or not isinstance(outbox_id, int)
+                or not self.connected(visitor)
+            ):
+                continue
+            wanted.append((outbox_id, visitor))
+        if not wanted or self._load_outbound is None:
+            return
+        loaded = await self._load_outbound([outbox_id for outbox_id, _ in wanted])
+        for outbox_id, visitor in wanted:
+            outbound = loaded.get(outbox_id)
+            if outbound is None:
+                logger.warning("webchat.peers.unknown_outbox outbox_id=%s", outbox_id)
+                continue
+            await self._push(visitor, outbound)
+
+    async def _resync_sockets(self) -> None:
+        """Some messages from other nodes may have been missed: every socket held here
+        re-reads its history (the widget skips what it already shows)."""
+        data = json.dumps({"type": "resync"})
+        for visitor, sinks in list(self._sockets.items()):
+            await self._send_frame(visitor, list(sinks), data)

@@ -1,5 +1,6 @@
 """The agent console: login, queue, context card, claim, reply, note, hand back, resolve,
-and live updates over ``WS /agent/ws`` driven by the core's event bus.
+and live updates over ``WS /agent/ws`` driven by the core's event bus (every node's events
+when several share one PostgreSQL; a ``resync`` frame when some may have been missed).
 
 Sessions are the signed cookie of :mod:`channels.webchat.sessions` (shared with the REST
 API): a password change or a deactivation ends every session at the next request and every
@@ -26,7 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from bot.agents import AgentActionRefused, AgentDesk
-from bot.events import EventBus
+from bot.events import RESYNC, EventBus
+from channels.webchat.channel import PEER_OUTBOUND
 from channels.webchat.guards import RateLimiter
 from channels.webchat.pages import SECURITY_HEADERS, html_page
 from channels.webchat.sessions import (
@@ -312,7 +314,9 @@ def console_router(
             await websocket.close(code=4401)
             return
         await websocket.accept()
-        async with events.subscribe() as inbox:
+        # every node's events: the console shows the whole desk, whichever node the
+        # message arrived on or the claim was made on
+        async with events.subscribe(cluster=True) as inbox:
             async with asyncio.TaskGroup() as group:
                 pump = group.create_task(_pump(websocket, inbox, session))
                 group.create_task(_until_disconnect(websocket, pump))
@@ -338,7 +342,11 @@ def console_router(
                     await websocket.send_json({"type": "session_ended"})
                     await websocket.close(code=4401)
                     return
-                if event is None:
+                if event is None or event.kind == PEER_OUTBOUND:
+                    continue
+                if event.kind == RESYNC:
+                    # events from other nodes may have been missed: reload everything
+                    await websocket.send_json({"type": "resync"})
                     continue
                 if event.kind == "alert" and not session.agent.is_lead:
                     continue

@@ -199,6 +199,10 @@
         refreshQueue();
         if (frame.conversation_id === selected) { open(selected); }
       }
+      if (frame.type === "resync") {  // live events may have been missed: reload
+        refreshQueue();
+        if (selected) { open(selected); }
+      }
     });
     ws.addEventListener("close", function (event) {
       if (socket !== ws) { return; }

@@ -254,6 +254,10 @@
     } else if (frame.type === "message") {
       showTyping(false);
       renderReply(frame);
+    } else if (frame.type === "resync") {
+      // replies may have been missed while the server's nodes lost touch: read the
+      // history again; renderReply skips what is already shown
+      restoreHistory().catch(function () { /* the next reconnect restores it */ });
     } else if (frame.type === "error") {
       if (frame.code === "slow_down") {
         setStatus("slow", "Slow down a little…");
