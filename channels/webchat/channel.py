@@ -151,8 +151,12 @@ class WebChatChannel:
                 try:
                     await self._from_peers(batch)
                 except Exception:
-                    # the messages are in the history; the sockets catch up on resync
+                    # the messages are in the history: the sockets read it again
                     logger.exception("webchat.peers.delivery_failed events=%d", len(batch))
+                    try:
+                        await self._resync_sockets()
+                    except Exception:
+                        logger.exception("webchat.peers.resync_failed")
 
     async def _from_peers(self, events: list[ConversationEvent]) -> None:
         """Push what other nodes sent to sockets held here, in the order they sent it."""
