@@ -361,6 +361,21 @@ class SearchIndex:
         self._idf_view: Sequence[float] = self.idf.data  # type: ignore[assignment]
         self._knn_view: Sequence[bool] = self.knn_feature.data  # type: ignore[assignment]
         self._article_view: Sequence[int] = self.phrasing_article.data
+        # Compile (or load from numba's cache) the query kernels now, not on the first
+        # question someone asks: an empty query runs both through every type they see.
+        self.phrasings.top([], None, _TOP_PHRASINGS)
+        if self._dense is not None:
+            scored, _ = self._dense_scratch()
+            dense_scores(
+                self._dense,
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
+                np.zeros(0, np.float32),
+                scored,
+                1.0,
+                0.0,
+                _PER_SCORER,
+            )
         self.build_seconds = time.perf_counter() - started
         logger.debug(
             "knowledge.index.built articles=%d phrasings=%d features=%d linear=%s seconds=%.2f",

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from knowledge import KnowledgeBase
+from knowledge import KnowledgeBase, kernels
 from knowledge import index as index_module
 from knowledge import text as text_module
 from knowledge.calibration import DEFAULT, N_FEATURES, Calibration
 from knowledge.index import SearchIndex, _log_sum_exp, _Postings, _top
-from knowledge.kernels import dense_scores
 from knowledge.text import normalise
 
 SAMPLE = Path(__file__).resolve().parents[2] / "knowledge" / "sample"
@@ -68,13 +69,29 @@ def _random_postings(
     return postings, dense
 
 
+KERNELS = [
+    pytest.param((kernels.knn_top_numpy, kernels.dense_scores_numpy), id="numpy"),
+    pytest.param(
+        (kernels.knn_top, kernels.dense_scores),
+        id="compiled",
+        marks=pytest.mark.skipif(not kernels.COMPILED, reason="numba is not installed"),
+    ),
+]
+
+
 @pytest.mark.parametrize(("n_rows", "density"), [(5, 0.5), (40, 0.2), (300, 0.05), (3000, 0.01)])
 @pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("impl", KERNELS)
 def test_postings_top_is_the_k_best_sums_best_first(
-    n_rows: int, density: float, weighted: bool
+    n_rows: int,
+    density: float,
+    weighted: bool,
+    impl: tuple[Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``top`` ranks exactly as sorting ``dot`` by (-sum, row): ties go to the lower row,
     rows without a posting are never returned, and the scratch is clean afterwards."""
+    monkeypatch.setattr(index_module, "knn_top", impl[0])
     rng = np.random.default_rng(n_rows)
     postings, _ = _random_postings(rng, 30, n_rows, density)
     for trial in range(20):
@@ -104,7 +121,11 @@ def test_postings_top_keeps_a_scratch_per_thread() -> None:
 @pytest.mark.parametrize(
     ("w_lin", "w_cent"), [(1.0, 0.0), (0.0, 1.0), (0.7, 0.3), (1.0, -0.5), (0.0, 0.0)]
 )
-def test_dense_scores_match_the_matrix_definition(w_lin: float, w_cent: float) -> None:
+@pytest.mark.parametrize("impl", KERNELS)
+def test_dense_scores_match_the_matrix_definition(
+    w_lin: float, w_cent: float, impl: tuple[Any, Any]
+) -> None:
+    dense_scores = impl[1]
     rng = np.random.default_rng(int(10 * w_lin + 100 * w_cent) % 97)
     n_feats, n_art = 60, 45
     dense = rng.normal(size=(n_feats + 1, 3 * n_art)).astype(np.float32)
@@ -199,6 +220,29 @@ def test_confidences_match_confidence_row_by_row() -> None:
 @pytest.fixture(scope="module")
 def sample_kb() -> KnowledgeBase:
     return KnowledgeBase.load(SAMPLE)
+
+
+@pytest.mark.skipif(not kernels.COMPILED, reason="numba is not installed")
+def test_numpy_and_compiled_kernels_rank_alike(
+    sample_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback without numba gives the same candidates as the compiled kernels, on
+    every realistic query of the sample KB's eval set."""
+    queries = [
+        json.loads(line)["query"]
+        for line in (Path(__file__).parent / "sample_queries.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    index = sample_kb.index
+    compiled = [index.candidates(q, DEFAULT.fusion) for q in queries]
+    monkeypatch.setattr(index_module, "knn_top", kernels.knn_top_numpy)
+    monkeypatch.setattr(index_module, "dense_scores", kernels.dense_scores_numpy)
+    fallback = [index.candidates(q, DEFAULT.fusion) for q in queries]
+    assert len(queries) > 200
+    for q, a, b in zip(queries, compiled, fallback, strict=True):
+        assert [c.article for c in a] == [c.article for c in b], q
+        for x, y in zip(a, b, strict=True):
+            assert x.features == pytest.approx(y.features, rel=1e-6, abs=1e-7), q
 
 
 QUERIES = [
