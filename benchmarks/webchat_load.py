@@ -21,6 +21,10 @@ What runs:
   question frame out of the client to the first reply frame (the bot's answer) back in;
   a turn ends when the "did this help?" frame has arrived too.
 
+With ``--nodes N`` there are N deskbot processes on the one database, as several nodes
+behind a load balancer: visitors are spread over them, and any node's dispatcher may send
+a reply to a socket held by another (PostgreSQL LISTEN/NOTIFY, docs/deployment.md).
+
 Two phases against each server: *saturation* (no pause between a visitor's questions:
 the most the server can answer, and the latency when it is that busy), then *paced*
 (each visitor pauses so that the offered load is ``--paced-fraction`` of the measured
@@ -79,6 +83,7 @@ async def serve_deskbot(database_url: str, var_dir: Path) -> None:
     from channels.http.server import HttpServer, build_app
     from storage.migrate import upgrade
 
+    var_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
@@ -90,6 +95,8 @@ async def serve_deskbot(database_url: str, var_dir: Path) -> None:
     )
     core = build_core(settings)
     await upgrade(core.db)
+    if core.cluster is not None:  # as `deskbot run` on PostgreSQL: linked to other nodes
+        await core.cluster.start()
     for channel in build_channels(core):
         core.registry.add(channel)
     app = build_app(health=core.health, routers=http_routers(core), backlog=core.backlog)
@@ -102,6 +109,8 @@ async def serve_deskbot(database_url: str, var_dir: Path) -> None:
     await _until_stdin_closes()
     await core.dispatcher.stop()
     await server.stop()
+    if core.cluster is not None:
+        await core.cluster.stop()
     await core.db.dispose()
 
 
@@ -236,14 +245,15 @@ class Visitor:
         return first
 
 
-async def open_visitors(base: str, count: int, *, timeout: float) -> list[Visitor]:
+async def open_visitors(bases: list[str], count: int, *, timeout: float) -> list[Visitor]:
     import httpx
     from websockets.asyncio.client import connect
 
-    ws_base = base.replace("http://", "ws://")
     gate = asyncio.Semaphore(50)
 
     async def one(index: int) -> Visitor:
+        base = bases[index % len(bases)]  # several nodes: visitors spread over them
+        ws_base = base.replace("http://", "ws://")
         # each visitor from its own loopback address, like visitors on their own machines
         local = f"127.0.{1 + index // 250}.{1 + index % 250}"
         transport = httpx.AsyncHTTPTransport(local_address=local)
@@ -302,7 +312,7 @@ async def run_phase(
 
 
 async def client_main(args: argparse.Namespace) -> None:
-    visitors = await open_visitors(args.base, args.visitors, timeout=args.turn_timeout)
+    visitors = await open_visitors(args.base.split(","), args.visitors, timeout=args.turn_timeout)
     # warm-up: one question per visitor, not measured (first-time person/conversation rows)
     await run_phase(visitors, "warm-up", questions=1, think=0, timeout=args.turn_timeout)
     phases = []
@@ -404,16 +414,16 @@ class Child:
 
 
 def run_client(
-    base: str, args: argparse.Namespace, deadline: float, server: Child
+    bases: list[str], args: argparse.Namespace, deadline: float, servers: list[Child]
 ) -> dict[str, Any]:
-    server_before, pg_before = _cpu_of(server.proc.pid), _postgres_cpu()
+    server_before, pg_before = sum(_cpu_of(s.proc.pid) for s in servers), _postgres_cpu()
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--role",
         "client",
         "--base",
-        base,
+        ",".join(bases),
         "--visitors",
         str(args.visitors),
         "--questions",
@@ -432,7 +442,7 @@ def run_client(
     result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
     # CPU over the client's whole run (sessions, warm-up and phases), per message handled
     messages = max(1, int(result["messages"]))
-    server_cpu = _cpu_of(server.proc.pid) - server_before
+    server_cpu = sum(_cpu_of(s.proc.pid) for s in servers) - server_before
     pg_cpu = _postgres_cpu() - pg_before
     result["cpu_ms_per_message"] = {
         "server": round(server_cpu * 1000 / messages, 2),
@@ -461,25 +471,31 @@ def orchestrate(args: argparse.Namespace) -> None:
         echo = Child("--role", "echo")
         try:
             port = echo.port(30)
-            results["echo"] = run_client(f"http://127.0.0.1:{port}", args, deadline, echo)
+            results["echo"] = run_client([f"http://127.0.0.1:{port}"], args, deadline, [echo])
         finally:
             echo.stop()
         with tempfile.TemporaryDirectory() as var_dir:
             profile = Path(args.profile) if args.profile else None
-            desk = Child(
-                "--role",
-                "server",
-                "--database-url",
-                f"{PG_ADMIN}/{name}",
-                "--var-dir",
-                var_dir,
-                profile=profile,
-            )
+            nodes: list[Child] = []
+            bases: list[str] = []
             try:
-                port = desk.port(120)
-                results["deskbot"] = run_client(f"http://127.0.0.1:{port}", args, deadline, desk)
+                for n in range(args.nodes):  # one after the other: the first migrates
+                    nodes.append(
+                        Child(
+                            "--role",
+                            "server",
+                            "--database-url",
+                            f"{PG_ADMIN}/{name}",
+                            "--var-dir",
+                            str(Path(var_dir) / f"node{n}"),
+                            profile=profile if n == 0 else None,
+                        )
+                    )
+                    bases.append(f"http://127.0.0.1:{nodes[-1].port(120)}")
+                results["deskbot"] = run_client(bases, args, deadline, nodes)
             finally:
-                desk.stop()
+                for node in nodes:
+                    node.stop()
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     report(results, args)
@@ -488,7 +504,7 @@ def orchestrate(args: argparse.Namespace) -> None:
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\n{args.visitors} concurrent visitors, {args.questions} questions each, "
-        f"{os.cpu_count()} CPUs shared by client and server\n"
+        f"{args.nodes} deskbot node(s), {os.cpu_count()} CPUs shared by client and servers\n"
     )
     print("| server | phase | replies | replies/s | p50 ms | p90 ms | p99 ms | max ms | errors |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -523,7 +539,13 @@ def main() -> None:
     )
     parser.add_argument("--turn-timeout", type=float, default=60.0)
     parser.add_argument("--deadline", type=float, default=600.0, help="whole run, seconds")
-    parser.add_argument("--profile", help="write a cProfile of the deskbot server here")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="deskbot server processes on the one database (visitors spread over them)",
+    )
+    parser.add_argument("--profile", help="write a cProfile of the first deskbot node here")
     parser.add_argument("--role", choices=["orchestrate", "server", "echo", "client"])
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)

@@ -118,6 +118,16 @@ def _messages(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in frames if f.get("type") == "message"]
 
 
+async def _agent_reply_reaches(agent: Any, cid: int, text: str, ws: ClientConnection) -> None:
+    """An agent's reply through the console API arrives on the visitor's socket."""
+    reply = await agent.post(f"/agent/api/conversations/{cid}/reply", {"text": text})
+    assert reply.status_code == 200
+    frames = await frames_until(
+        ws, lambda f: f.get("type") == "message" and f.get("author") == "agent", timeout=WAIT
+    )
+    assert frames[-1]["markdown"] == text
+
+
 async def test_replies_sent_by_another_nodes_dispatcher_reach_the_socket_once(
     nodes: tuple[Node, Node],
 ) -> None:
@@ -176,14 +186,7 @@ async def test_the_console_on_one_node_follows_and_answers_a_visitor_on_the_othe
         await frames_until(
             ws, lambda f: f.get("type") == "message" and "Ana Agent" in f["markdown"], timeout=WAIT
         )
-        reply = await agent.post(
-            f"/agent/api/conversations/{cid}/reply", {"text": "Hi from the other node."}
-        )
-        assert reply.status_code == 200
-        frames = await frames_until(
-            ws, lambda f: f.get("type") == "message" and f.get("author") == "agent", timeout=WAIT
-        )
-        assert frames[-1]["markdown"] == "Hi from the other node."
+        await _agent_reply_reaches(agent, cid, "Hi from the other node.", ws)
         # and a claim made on B reaches a console on A
         other = await a.agent("ana")
         async with other.connect() as live_on_a:
@@ -235,14 +238,7 @@ async def test_a_dropped_listen_connection_resyncs_sockets_and_consoles_and_deli
         assert cluster.notifications.listener_pid not in (None, killed)
 
         assert (await agent_on_b.post(f"/agent/api/conversations/{cid}/claim")).status_code == 200
-        reply = await agent_on_b.post(
-            f"/agent/api/conversations/{cid}/reply", {"text": "Still here after the drop."}
-        )
-        assert reply.status_code == 200
-        frames = await frames_until(
-            ws, lambda f: f.get("type") == "message" and f.get("author") == "agent", timeout=WAIT
-        )
-        assert frames[-1]["markdown"] == "Still here after the drop."
+        await _agent_reply_reaches(agent_on_b, cid, "Still here after the drop.", ws)
 
 
 async def test_a_reply_to_a_visitor_with_no_open_socket_waits_in_the_history(
