@@ -138,7 +138,7 @@ class ConversationManager:
                     inbound.external_id,
                 )
                 return HandleResult(duplicate=True), events
-            person = await self._resolve_person(session, inbound, now)
+            person, new_person = await self._resolve_person(session, inbound, now)
             conversation = await self._find_conversation(session, inbound, person, now)
             message = await Conversations(session).add_message(
                 conversation,
@@ -207,7 +207,7 @@ class ConversationManager:
             )
             await self.router.route(turn)
             message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
-            replies = await self._guard_loops(session, turn)
+            replies = await self._guard_loops(session, turn, new_person=new_person)
             outbox_ids = []
             if turn.escalation is not None:
                 # the agents' card shows the transcript: this message must be in it
@@ -282,7 +282,8 @@ class ConversationManager:
 
     async def _resolve_person(
         self, session: AsyncSession, inbound: Inbound, now: datetime
-    ) -> Person:
+    ) -> tuple[Person, bool]:
+        """The sender's person, and whether this transaction created it."""
         people = People(session)
         sender = inbound.sender
         verified_email = sender.email.lower() if sender.email and sender.email_verified else None
@@ -296,13 +297,13 @@ class ConversationManager:
                 person.email = verified_email
             if sender.display_name and not person.display_name:
                 person.display_name = sender.display_name
-            return person
+            return person, False
         if verified_email:
-            person = await people.ensure_by_email(
+            person, created = await people.open_by_email(
                 verified_email, display_name=sender.display_name, now=now
             )
         else:
-            person = await people.create(display_name=sender.display_name, now=now)
+            person, created = await people.create(display_name=sender.display_name, now=now), True
         owner = await people.link_identity(
             person.id,
             channel=inbound.channel,
@@ -315,8 +316,8 @@ class ConversationManager:
         if owner != person.id:  # lost a race with a concurrent first message
             winner = await people.get(owner)
             assert winner is not None
-            return winner
-        return person
+            return winner, False
+        return person, created
 
     async def _find_conversation(
         self,
@@ -411,12 +412,19 @@ class ConversationManager:
                 meta={"bounce_message_conversation": conversation.id},
             )
 
-    async def _guard_loops(self, session: AsyncSession, turn: Turn) -> list[Reply]:
+    async def _guard_loops(
+        self, session: AsyncSession, turn: Turn, *, new_person: bool
+    ) -> list[Reply]:
         """Cap automatic replies per person on loop-prone channels (R19)."""
         if not turn.replies or turn.conversation.channel not in self.loop_guard_channels:
             return turn.replies
         since = turn.now - timedelta(hours=1)
-        sent = await Conversations(session).bot_replies_to_person_since(turn.person.id, since)
+        # a person this transaction created has had no replies yet: nothing to count
+        sent = (
+            0
+            if new_person
+            else await Conversations(session).bot_replies_to_person_since(turn.person.id, since)
+        )
         if sent + len(turn.replies) <= self.auto_reply_cap_per_hour:
             return turn.replies
         notes = dict(turn.conversation.notes or {})

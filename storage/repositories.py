@@ -19,6 +19,7 @@ from sqlalchemy import (
     TextualSelect,
     and_,
     bindparam,
+    delete,
     func,
     or_,
     select,
@@ -102,6 +103,49 @@ async def insert_ignore(
     return None if row is None else row[0]
 
 
+@functools.cache
+def _insert_entity(model: Any, columns: tuple[str, ...], conflict: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT (…) DO NOTHING RETURNING <every column>`` loaded as the
+    model's entity, so a row just created needs no SELECT to become an ORM object."""
+    textual = _upsert(model, columns, conflict, "DO NOTHING")
+    assert isinstance(textual, TextClause)
+    returning = ", ".join(c.name for c in model.__table__.columns)
+    stmt = text(f"{textual.text} RETURNING {returning}").bindparams(
+        *(bindparam(c, type_=model.__table__.c[c].type) for c in columns)
+    )
+    return select(model).from_statement(stmt.columns(*model.__table__.columns))
+
+
+async def insert_entity(
+    session: AsyncSession, model: Any, values: dict[str, Any], conflict: Sequence[str]
+) -> Any | None:
+    """Insert a row unless one with the same ``conflict`` columns exists: the new row as a
+    persistent ORM object (in the session, fully loaded), or None when it existed."""
+    values = {**_defaults(model.__table__, values), **values}
+    stmt = _insert_entity(model, tuple(values), tuple(conflict))
+    return (await session.execute(stmt, values)).scalar_one_or_none()
+
+
+@functools.cache
+def _receipts_insert(columns: tuple[str, ...], count: int) -> TextualSelect:
+    """One multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` for a receipt and its
+    ``count - 1`` aliases (one statement instead of one per id); ``external_id`` is bound
+    per row as ``external_id_<n>``, every other column once for all rows."""
+    table: Any = InboundReceipt.__table__
+
+    def bind(column: str, row: int) -> str:
+        return f":external_id_{row}" if column == "external_id" else f":{column}"
+
+    rows = ", ".join("(" + ", ".join(bind(c, i) for c in columns) + ")" for i in range(count))
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {rows} "
+        "ON CONFLICT (channel, external_id) DO NOTHING RETURNING id, external_id"
+    )
+    binds = [bindparam(c, type_=table.c[c].type) for c in columns if c != "external_id"]
+    binds += [bindparam(f"external_id_{i}", type_=table.c.external_id.type) for i in range(count)]
+    return text(sql).bindparams(*binds).columns(table.c.id, table.c.external_id)
+
+
 # Queries run for nearly every inbound message, built once: a statement built per call
 # costs its construction and its cache key again each time (a large share of a message's
 # CPU); these reuse both.
@@ -127,6 +171,36 @@ _ACTIVE_OUTAGE = (
     .execution_options(autoflush=False)
 )
 
+# receipts are written with text statements and never loaded in the handling session:
+# there is nothing in it for the ORM to synchronise
+_SETTLE_RECEIPTS = (
+    update(InboundReceipt)
+    .where(
+        InboundReceipt.channel == bindparam("b_channel"),
+        InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
+    )
+    .values(
+        status=bindparam("b_status"),
+        reason=bindparam("b_reason"),
+        message_id=bindparam("b_message_id"),
+    )
+    .execution_options(synchronize_session=False)
+)
+# a turn's stored replies were flushed by whatever stored them, and the ones it is about
+# to send are counted by the caller: flushing its pending conversation changes here
+# would cost an UPDATE before the one at the end of the turn
+_BOT_REPLIES_TO_PERSON_SINCE = (
+    select(func.count(Message.id))
+    .join(Conversation, Conversation.id == Message.conversation_id)
+    .where(
+        Conversation.person_id == bindparam("person_id"),
+        Message.direction == "out",
+        Message.author_kind == "bot",
+        Message.created_at >= bindparam("since"),
+    )
+    .execution_options(autoflush=False)
+)
+
 
 class Receipts:
     """The durable ledger of every inbound message ever seen."""
@@ -142,25 +216,31 @@ class Receipts:
         alt_ids: Sequence[str] = (),
         now: datetime,
     ) -> bool:
-        """Record a receipt; False when this message (or an alias of it) was seen before."""
-        new_id = await insert_ignore(
-            self.session,
-            InboundReceipt,
-            {"channel": channel, "external_id": external_id, "received_at": now},
-            ("channel", "external_id"),
-        )
+        """Record a receipt; False when this message (or an alias of it) was seen before.
+
+        The receipt and its aliases go in as one multi-row INSERT: when the receipt itself
+        is new but an alias was seen before, the receipt is marked ``duplicate``."""
+        ids = [external_id, *alt_ids]
+        given = {"channel": channel, "external_id": external_id, "received_at": now}
+        values = {**_defaults(InboundReceipt.__table__, given), **given}
+        params = {c: v for c, v in values.items() if c != "external_id"}
+        params.update({f"external_id_{i}": value for i, value in enumerate(ids)})
+        stmt = _receipts_insert(tuple(values), len(ids))
+        inserted = (await self.session.execute(stmt, params)).all()
+        new_id = next((row.id for row in inserted if row.external_id == external_id), None)
         if new_id is None:
+            if inserted:
+                # a repeat that brought an alias not seen before: aliases are recorded
+                # only with a new receipt, so take back the rows this statement added
+                # (uncommitted, so nobody else has seen them)
+                await self.session.execute(
+                    delete(InboundReceipt).where(
+                        InboundReceipt.id.in_([row.id for row in inserted])
+                    )
+                )
             return False
-        fresh = True
-        for alias in alt_ids:
-            alias_id = await insert_ignore(
-                self.session,
-                InboundReceipt,
-                {"channel": channel, "external_id": alias, "received_at": now},
-                ("channel", "external_id"),
-            )
-            if alias_id is None:
-                fresh = False
+        # every alias must have been new (a repeated id counts as seen, as it always did)
+        fresh = len(inserted) == len(ids)
         if not fresh:
             await self.session.execute(
                 update(InboundReceipt)
@@ -180,12 +260,14 @@ class Receipts:
         alt_ids: Sequence[str] = (),
     ) -> None:
         await self.session.execute(
-            update(InboundReceipt)
-            .where(
-                InboundReceipt.channel == channel,
-                InboundReceipt.external_id.in_([external_id, *alt_ids]),
-            )
-            .values(status=status, reason=reason, message_id=message_id)
+            _SETTLE_RECEIPTS,
+            {
+                "b_channel": channel,
+                "b_external_ids": [external_id, *alt_ids],
+                "b_status": status,
+                "b_reason": reason,
+                "b_message_id": message_id,
+            },
         )
 
     async def claim_archive(
@@ -255,8 +337,15 @@ class People:
     async def ensure_by_email(
         self, email: str, *, display_name: str | None, now: datetime
     ) -> Person:
+        person, _ = await self.open_by_email(email, display_name=display_name, now=now)
+        return person
+
+    async def open_by_email(
+        self, email: str, *, display_name: str | None, now: datetime
+    ) -> tuple[Person, bool]:
+        """The person with this email, created if there is none; True when created here."""
         email = email.lower()
-        await insert_ignore(
+        person = await insert_entity(
             self.session,
             Person,
             {
@@ -268,9 +357,11 @@ class People:
             },
             ("email",),
         )
+        if person is not None:
+            return person, True
         person = await self.by_email(email)
         assert person is not None
-        return person
+        return person, False
 
     async def create(self, *, display_name: str | None, now: datetime) -> Person:
         person = Person(
@@ -348,7 +439,7 @@ class Conversations:
         reply_to: dict[str, Any],
         now: datetime,
     ) -> tuple[Conversation, bool]:
-        new_id = await insert_ignore(
+        conversation = await insert_entity(
             self.session,
             Conversation,
             {
@@ -363,9 +454,11 @@ class Conversations:
             },
             ("channel", "thread_key"),
         )
+        if conversation is not None:
+            return conversation, True
         conversation = await self.by_thread(channel, thread_key)
         assert conversation is not None
-        return conversation, new_id is not None
+        return conversation, False
 
     async def by_reference(
         self, channel: str, references: Sequence[str], person_id: int
@@ -536,14 +629,7 @@ class Conversations:
     async def bot_replies_to_person_since(self, person_id: int, since: datetime) -> int:
         """Automatic replies sent to a person, in any of their conversations, since then."""
         result = await self.session.execute(
-            select(func.count(Message.id))
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(
-                Conversation.person_id == person_id,
-                Message.direction == "out",
-                Message.author_kind == "bot",
-                Message.created_at >= since,
-            )
+            _BOT_REPLIES_TO_PERSON_SINCE, {"person_id": person_id, "since": since}
         )
         return int(result.scalar_one())
 
