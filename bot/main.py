@@ -269,7 +269,7 @@ def build_channels(core: Core) -> list[Channel]:
                     starttls=es.smtp_starttls,
                 ),
                 handle=core.manager.handle,
-                claim_archive=core.manager.claim_archive,
+                claim_archive=core.manager.claim_archives,
                 smtp_connections=es.smtp_connections,
             )
         )

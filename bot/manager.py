@@ -117,9 +117,23 @@ class ConversationManager:
         """May the caller do the platform-side clean-up of a handled message (move an
         email to the processed folder)? One caller wins; a claim whose holder died is
         taken over after ``stale_after``."""
+        return external_id in await self.claim_archives(
+            channel, [external_id], stale_after=stale_after
+        )
+
+    async def claim_archives(
+        self,
+        channel: str,
+        external_ids: Sequence[str],
+        *,
+        stale_after: timedelta = timedelta(minutes=5),
+    ) -> set[str]:
+        """:meth:`claim_archive` for a batch (one transaction): the ids this caller won."""
+        if not external_ids:
+            return set()
         async with self.db.transaction() as session:
-            return await Receipts(session).claim_archive(
-                channel, external_id, now=self.clock.now(), stale_after=stale_after
+            return await Receipts(session).claim_archives(
+                channel, external_ids, now=self.clock.now(), stale_after=stale_after
             )
 
     async def _handle_locked(

@@ -186,6 +186,20 @@ _SETTLE_RECEIPTS = (
     )
     .execution_options(synchronize_session=False)
 )
+_CLAIM_ARCHIVES = (
+    update(InboundReceipt)
+    .where(
+        InboundReceipt.channel == bindparam("b_channel"),
+        InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
+        or_(
+            InboundReceipt.archived_at.is_(None),
+            InboundReceipt.archived_at < bindparam("b_stale"),
+        ),
+    )
+    .values(archived_at=bindparam("b_now"))
+    .returning(InboundReceipt.external_id)
+    .execution_options(synchronize_session=False)
+)
 # a turn's stored replies were flushed by whatever stored them, and the ones it is about
 # to send are counted by the caller: flushing its pending conversation changes here
 # would cost an UPDATE before the one at the end of the turn
@@ -275,19 +289,27 @@ class Receipts:
     ) -> bool:
         """True for exactly one caller per receipt, unless an earlier claim went stale
         (its claimer died before finishing), in which case one more caller wins."""
-        result = await self.session.execute(
-            update(InboundReceipt)
-            .where(
-                InboundReceipt.channel == channel,
-                InboundReceipt.external_id == external_id,
-                or_(
-                    InboundReceipt.archived_at.is_(None),
-                    InboundReceipt.archived_at < now - stale_after,
-                ),
-            )
-            .values(archived_at=now)
+        claimed = await self.claim_archives(
+            channel, [external_id], now=now, stale_after=stale_after
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return external_id in claimed
+
+    async def claim_archives(
+        self, channel: str, external_ids: Sequence[str], *, now: datetime, stale_after: timedelta
+    ) -> set[str]:
+        """:meth:`claim_archive` for several receipts in one statement: the ids claimed."""
+        if not external_ids:
+            return set()
+        rows = await self.session.execute(
+            _CLAIM_ARCHIVES,
+            {
+                "b_channel": channel,
+                "b_external_ids": list(external_ids),
+                "b_now": now,
+                "b_stale": now - stale_after,
+            },
+        )
+        return set(rows.scalars())
 
     async def get(self, channel: str, external_id: str) -> InboundReceipt | None:
         return (

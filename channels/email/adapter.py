@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bot.errors import ConfigError, PermanentError, TransientError
@@ -78,7 +78,7 @@ class EmailChannel:
         parse_limits: ParseLimits = DEFAULT_LIMITS,
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
-        claim_archive: Callable[[str, str], Awaitable[bool]] | None = None,
+        claim_archive: Callable[[str, Sequence[str]], Awaitable[set[str]]] | None = None,
         smtp_connections: int = 4,
     ) -> None:
         self.desk_address = desk_address
@@ -88,9 +88,9 @@ class EmailChannel:
         # the outbox dispatcher keeps this many sends in flight (a conversation's in order)
         self.send_concurrency = self.smtp.size
         self.handle = handle
-        # asks the core who moves a handled mail, so two pollers archive it once
+        # asks the core who moves the handled mails of a batch (by their external ids, in
+        # one transaction), so two pollers archive each mail once
         self.claim_archive = claim_archive
-        self._moved_elsewhere: set[int] = set()
         self.desk_name = desk_name
         self.policy = policy or IngestPolicy()
         self.parse_limits = parse_limits
@@ -311,25 +311,26 @@ class EmailChannel:
 
     async def _ingest_batch(self, connection: ImapConnection, uids: list[int]) -> None:
         fetched = await connection.fetch(uids)
-        done: list[int] = []
+        done: dict[int, str] = {}  # uid → external id of what the core has taken
         failed: list[tuple[int, str]] = []
         systemic: _Systemic | None = None
         for mail in fetched:
             try:
-                outcome = await self._ingest(connection, mail)
+                outcome = await self._ingest(connection, mail, done)
             except _Systemic as exc:
                 systemic = exc
                 break
-            if outcome is None:
-                done.append(mail.uid)
-            elif outcome:
+            if outcome:
                 failed.append((mail.uid, outcome))
         # move what the core has committed before giving up on the session; a mail
         # another poller claimed to move is left to it
-        to_move = [uid for uid in done if uid not in self._moved_elsewhere]
-        self._moved_elsewhere.difference_update(done)
-        if to_move and self.imap.processed_folder:
-            await connection.move(to_move, self.imap.processed_folder)
+        if done and self.imap.processed_folder:
+            to_move = list(done)
+            if self.claim_archive is not None:
+                won = await self.claim_archive(self.kind, list(done.values()))
+                to_move = [uid for uid, external_id in done.items() if external_id in won]
+            if to_move:
+                await connection.move(to_move, self.imap.processed_folder)
         for uid in done:
             self._retry_at.pop(uid, None)
             self._failures.pop((connection.uidvalidity or 0, uid), None)
@@ -342,8 +343,11 @@ class EmailChannel:
         fetched_uids = {mail.uid for mail in fetched}
         self._advance([uid for uid in uids if uid not in fetched_uids])
 
-    async def _ingest(self, connection: ImapConnection, mail: FetchedMail) -> str | None:
-        """None when the core took it; a reason when it must be quarantined; "" to retry."""
+    async def _ingest(
+        self, connection: ImapConnection, mail: FetchedMail, done: dict[int, str]
+    ) -> str | None:
+        """None when the core took it (then ``done`` maps its uid to its external id); a
+        reason when it must be quarantined; "" to retry."""
         uidvalidity = connection.uidvalidity or 0
         try:
             inbound = await self._convert(mail, uidvalidity)
@@ -358,12 +362,7 @@ class EmailChannel:
             raise _Systemic(f"core unavailable: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             return self._failed(uidvalidity, mail.uid, "handle", exc)
-        if (
-            self.claim_archive is not None
-            and self.imap.processed_folder
-            and not await self.claim_archive(inbound.channel, inbound.external_id)
-        ):
-            self._moved_elsewhere.add(mail.uid)
+        done[mail.uid] = inbound.external_id
         logger.info(
             "email.inbound.%s uid=%s kind=%s conversation=%s",
             "duplicate" if result.duplicate else "handled",

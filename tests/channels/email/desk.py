@@ -124,7 +124,7 @@ class EmailDesk:
             imap=self.imap_settings(**imap),
             smtp=self.smtp_settings(),
             handle=handle or self.record,
-            claim_archive=self.core.manager.claim_archive,
+            claim_archive=self.core.manager.claim_archives,
             policy=policy,
             parse_limits=limits,
         )

@@ -105,3 +105,19 @@ async def test_a_returning_sender_counts_replies_across_conversations(
     async with database.read() as session:
         out = select(func.count()).select_from(Message).where(Message.direction == "out")
         assert (await session.execute(out)).scalar() == sum(replied)
+
+
+async def test_a_batch_archive_claim_is_won_once_per_mail(
+    database: Database, tmp_path: Path
+) -> None:
+    core = make_core(database, tmp_path)
+    ids = []
+    for uid in range(1, 4):
+        inbound = _inbound(core, mail("", message_id=f"claim-{uid}"), uid)
+        await core.manager.handle(inbound)
+        ids.append(inbound.external_id)
+    # another poller moved the first mail already
+    assert await core.manager.claim_archive("email", ids[0])
+    assert await core.manager.claim_archives("email", [*ids, "imap:INBOX:7:99"]) == set(ids[1:])
+    assert await core.manager.claim_archives("email", ids) == set()
+    assert await core.manager.claim_archives("email", []) == set()
