@@ -270,6 +270,7 @@ def build_channels(core: Core) -> list[Channel]:
                 ),
                 handle=core.manager.handle,
                 claim_archive=core.manager.claim_archives,
+                mailbox_lock=core.manager.exclusive,
                 smtp_connections=es.smtp_connections,
             )
         )

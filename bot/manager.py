@@ -12,6 +12,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from bot.outgoing import enqueue_replies
 from bot.turn import Reply, Turn
 from bot.types import HandleResult, Inbound, Outbound
 from storage.db import Database
+from storage.locks import AdvisoryLocks
 from storage.models import Conversation, Message, Person
 from storage.repositories import Alerts, Conversations, Outbox, People, Receipts, Tickets
 
@@ -82,6 +84,7 @@ class ConversationManager:
         )
         self.loop_guard_channels = set(loop_guard_channels)
         self.auto_reply_cap_per_hour = auto_reply_cap_per_hour
+        self.node_locks = AdvisoryLocks(database)
 
     def _lock(self, inbound: Inbound) -> asyncio.Lock:
         key = (inbound.channel, inbound.thread_key)
@@ -110,6 +113,16 @@ class ConversationManager:
         if result.outbox_ids and self._on_enqueued is not None:
             self._on_enqueued()
         return result
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """Hold ``name`` alone among every node on this database (the email poller holds
+        its mailbox), waiting while another node holds it.
+
+        The event is set when the hold is lost (on PostgreSQL, an advisory lock on a
+        connection of its own; that connection died): stop, leave the block and enter
+        again to wait for the lock. On SQLite (one process) it is held at once.
+        """
+        return self.node_locks.hold(name)
 
     async def claim_archive(
         self, channel: str, external_id: str, *, stale_after: timedelta = timedelta(minutes=5)

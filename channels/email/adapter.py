@@ -13,7 +13,10 @@ Ingest (R21–R26, R32)
     to be handled ``max_attempts`` times goes to the failed folder with the reason logged,
     and the poller carries on (R32). IDLE is used when offered (renewed every
     ``idle_renew_seconds``), polling otherwise; any connection failure reconnects with
-    exponential backoff and jitter (R26).
+    exponential backoff and jitter (R26). With ``mailbox_lock`` (``deskbot run`` passes the
+    core's ``exclusive``) the poller runs only while this node holds the mailbox's lock:
+    another node waits, and takes over when the holder stops or its lock connection dies;
+    a node that loses the lock stops polling at once and waits again.
 
 Send (R18, R27, R28)
     :func:`convert.render_outbound` renders the outbox row to wire bytes with a Message-ID
@@ -29,6 +32,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from bot.errors import ConfigError, PermanentError, TransientError
@@ -79,6 +83,7 @@ class EmailChannel:
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
         claim_archive: Callable[[str, Sequence[str]], Awaitable[set[str]]] | None = None,
+        mailbox_lock: Callable[[str], AbstractAsyncContextManager[asyncio.Event]] | None = None,
         smtp_connections: int = 4,
     ) -> None:
         self.desk_address = desk_address
@@ -91,6 +96,9 @@ class EmailChannel:
         # asks the core who moves the handled mails of a batch (by their external ids, in
         # one transaction), so two pollers archive each mail once
         self.claim_archive = claim_archive
+        # held while polling, so that one node at a time works the mailbox (the event
+        # it yields is set when the hold is lost); None: poll without asking
+        self.mailbox_lock = mailbox_lock
         self.desk_name = desk_name
         self.policy = policy or IngestPolicy()
         self.parse_limits = parse_limits
@@ -105,6 +113,7 @@ class EmailChannel:
         self._retry_at: dict[int, float] = {}
         self._given_up: set[int] = set()
         # observable progress (tests, health)
+        self.holding = asyncio.Event()  # this node holds the mailbox (or needs no lock)
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.disconnected.set()
@@ -174,7 +183,50 @@ class EmailChannel:
 
     # ingest --------------------------------------------------------------------------
 
+    @property
+    def mailbox_name(self) -> str:
+        """What the mailbox lock is named after: one mailbox folder on one server."""
+        return f"email.mailbox:{self.imap.user}@{self.imap.host.lower()}/{self.imap.folder}"
+
     async def _run(self) -> None:
+        if self.mailbox_lock is None:
+            self.holding.set()
+            await self._poll()
+            return
+        failures = 0
+        while True:
+            try:
+                logger.info("email.imap.mailbox.wanted mailbox=%s", self.mailbox_name)
+                async with self.mailbox_lock(self.mailbox_name) as lost:
+                    failures = 0
+                    self.holding.set()
+                    logger.info("email.imap.mailbox.held mailbox=%s", self.mailbox_name)
+                    async with asyncio.TaskGroup() as group:
+                        poller = group.create_task(self._poll(), name="email.imap.session")
+                        await lost.wait()
+                        poller.cancel()
+                    logger.warning(
+                        "email.imap.mailbox.lost mailbox=%s: polling stopped, waiting again",
+                        self.mailbox_name,
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # the database cannot be asked (down, or the lock connection failed)
+                logger.warning(
+                    "email.imap.mailbox.lock_failed mailbox=%s error=%s: %s",
+                    self.mailbox_name,
+                    type(exc).__name__,
+                    exc,
+                )
+                failures += 1
+            finally:
+                self.holding.clear()
+            if failures:
+                await asyncio.sleep(self._backoff(failures - 1))
+
+    async def _poll(self) -> None:
+        """Connect, scan and wait (IDLE or poll) until cancelled; reconnect with backoff."""
         failures = 0
         while True:
             connection = ImapConnection(self.imap)

@@ -125,6 +125,8 @@ class EmailDesk:
             smtp=self.smtp_settings(),
             handle=handle or self.record,
             claim_archive=self.core.manager.claim_archives,
+            # as deskbot run wires it: on PostgreSQL one node at a time polls a mailbox
+            mailbox_lock=self.core.manager.exclusive,
             policy=policy,
             parse_limits=limits,
         )
