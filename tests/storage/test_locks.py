@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,18 +132,28 @@ class FreezingProxy:
         self.frozen = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
         self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.clients.add(task)
         up_reader, up_writer = await asyncio.open_connection(*self.target)
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        for w in (writer, up_writer):
-            w.close()
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer),
+                self._pipe(up_reader, writer),
+                return_exceptions=True,
+            )
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
@@ -154,6 +165,9 @@ class FreezingProxy:
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
+        for task in self.clients:
+            task.cancel()
+        await asyncio.gather(*self.clients, return_exceptions=True)
 
 
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)
