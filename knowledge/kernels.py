@@ -4,11 +4,12 @@ otherwise.
 A query touches a few thousand postings and a few hundred scores. In numpy each step
 (gather, sum, threshold, partition, sort) is a separate call whose fixed cost, several
 microseconds on a small machine, outweighs the arithmetic; the compiled versions
-(:mod:`knowledge._compiled`) do each kernel in one pass, about a quarter faster per
+(:mod:`knowledge._compiled`) do each kernel in one pass, about a third less CPU per
 search on CLINC150, for about 130 MB more memory per process (numba and LLVM). Both
-versions take the same arguments and give the same results: the same sums in the same
-order and precision (float32 products, float64 sums), the same selection (best first,
-ties to the lower index). numba is the ``fast`` extra (``pip install 'deskbot[fast]'``);
+versions take the same arguments and give the same results: the knn sums bit for bit
+(float32 products, float64 sums, in the same order), the dense scores to within float
+rounding (float64 sums), the same selection (best first, ties to the lower index).
+numba is the ``fast`` extra (``pip install 'deskbot[fast]'``);
 :data:`COMPILED` says which one runs.
 """
 
