@@ -31,7 +31,10 @@ async def _holder_pids(database: Database, name: str) -> list[int]:
         rows = await conn.execute(
             text(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid = :hi AND objid = :lo AND objsubid = 1"
+                "AND classid = :hi AND objid = :lo AND objsubid = 1 "
+                # advisory locks are per database: other test workers hold the same
+                # names in theirs at the same time
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
         )
@@ -149,6 +152,8 @@ class FreezingProxy:
                 self._pipe(up_reader, writer),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:
+            pass  # stop(): a normal end (asyncio's server would log a cancelled handler)
         finally:
             for w in (writer, up_writer):
                 w.close()
