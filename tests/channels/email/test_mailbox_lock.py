@@ -135,14 +135,20 @@ async def _moved(desk: EmailDesk, count: int, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_two_pollers_on_one_mailbox_only_the_holder_fetches(
-    cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
+async def _one_holds_two_waits(cluster: Cluster, tmp_path: Path) -> tuple[Node, Node]:
+    """Two nodes on the mailbox: the first holds it, the second has started and waits."""
     one, two = cluster.node("one", tmp_path), cluster.node("two", tmp_path)
     await one.channel.start()
     await asyncio.wait_for(one.channel.holding.wait(), 20)
     await two.channel.start()
+    return one, two
+
+
+async def test_two_pollers_on_one_mailbox_only_the_holder_fetches(
+    cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    one, two = await _one_holds_two_waits(cluster, tmp_path)
     # the second node says that it waits, for which mailbox, and who holds it
     await _until(lambda: "storage.lock.waiting" in caplog.text)
     waiting = next(r.getMessage() for r in caplog.records if "storage.lock.waiting" in r.msg)
@@ -164,10 +170,7 @@ async def test_two_pollers_on_one_mailbox_only_the_holder_fetches(
 async def test_killed_lock_connection_hands_the_mailbox_over_exactly_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    one, two = cluster.node("one", tmp_path), cluster.node("two", tmp_path)
-    await one.channel.start()
-    await asyncio.wait_for(one.channel.holding.wait(), 20)
-    await two.channel.start()
+    one, two = await _one_holds_two_waits(cluster, tmp_path)
     await cluster.desk.deliver(*(mail("", message_id=f"kill-a{i}") for i in range(3)))
     await one.wait_results(3)
 
@@ -192,10 +195,7 @@ async def test_killed_lock_connection_hands_the_mailbox_over_exactly_once(
 async def test_holder_stopped_mid_batch_the_other_finishes_and_nothing_doubles(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    one, two = cluster.node("one", tmp_path), cluster.node("two", tmp_path)
-    await one.channel.start()
-    await asyncio.wait_for(one.channel.holding.wait(), 20)
-    await two.channel.start()
+    one, two = await _one_holds_two_waits(cluster, tmp_path)
     one.stall_after = 2  # the third mail never reaches the core on node one
     await cluster.desk.deliver(
         *(mail("", message_id=f"stop-{i}", sender=f"s{i}@corp.test") for i in range(6))

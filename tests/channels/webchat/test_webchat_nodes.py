@@ -162,13 +162,17 @@ async def test_replies_sent_by_another_nodes_dispatcher_reach_the_socket_once(
     assert answer["message_id"] is not None  # what the widget deduplicates by
 
 
+async def _agent_on_b_visitor_on_a(a: Node, b: Node) -> tuple[Any, dict[str, Any]]:
+    """An agent logged into node B's console and a web chat session on node A."""
+    await b.runtime.core.agents.add_agent("ana", password=AGENT_PASSWORD, display_name="Ana Agent")
+    return await b.agent("ana"), await a.web.session()
+
+
 async def test_the_console_on_one_node_follows_and_answers_a_visitor_on_the_other(
     nodes: tuple[Node, Node],
 ) -> None:
     a, b = nodes
-    await b.runtime.core.agents.add_agent("ana", password=AGENT_PASSWORD, display_name="Ana Agent")
-    agent = await b.agent("ana")
-    visitor = await a.web.session()
+    agent, visitor = await _agent_on_b_visitor_on_a(a, b)
     async with (
         agent.connect() as live,
         a.web.connect(visitor["visitor"], visitor["token"]) as ws,
@@ -245,9 +249,7 @@ async def test_a_reply_to_a_visitor_with_no_open_socket_waits_in_the_history(
     nodes: tuple[Node, Node],
 ) -> None:
     a, b = nodes
-    await b.runtime.core.agents.add_agent("ana", password=AGENT_PASSWORD, display_name="Ana Agent")
-    agent = await b.agent("ana")
-    visitor = await a.web.session()
+    agent, visitor = await _agent_on_b_visitor_on_a(a, b)
     async with a.web.connect(visitor["visitor"], visitor["token"]) as ws:
         await next_frame(ws, kind="hello")
         await _say(ws, "g1", "talk to a human")
