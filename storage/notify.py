@@ -18,6 +18,7 @@ This module knows nothing of what the payloads mean (``storage`` imports nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -121,10 +122,8 @@ class PostgresNotifications:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         while self._queue:
             item = self._queue.popleft()
             if item.done is not None and not item.done.done():

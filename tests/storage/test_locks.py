@@ -147,13 +147,13 @@ class FreezingProxy:
         self.clients.add(task)
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         try:
-            await asyncio.gather(
-                self._pipe(reader, up_writer),
-                self._pipe(up_reader, writer),
-                return_exceptions=True,
-            )
-        except asyncio.CancelledError:
-            pass  # stop(): a normal end (asyncio's server would log a cancelled handler)
+            # stop() cancels this: a normal end (asyncio's server would log a cancelled handler)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(
+                    self._pipe(reader, up_writer),
+                    self._pipe(up_reader, writer),
+                    return_exceptions=True,
+                )
         finally:
             for w in (writer, up_writer):
                 w.close()
