@@ -3,9 +3,10 @@
 Run: .venv/bin/python benchmarks/email_throughput.py [--mails 1000] [--sends 1000]
 
 - ingest: N mails APPENDed to a Dovecot mailbox, then the live EmailChannel feeds them to
-  the real core (``build_core`` on SQLite: receipt, person, conversation, routing, outbox
-  row, commit), claims the move as ``deskbot run`` wires it (``claim_archive``) and moves
-  each to Processed. Beside it, a bare aioimaplib fetch of the same N mails (``UID FETCH …
+  the real core (``build_core`` on SQLite, or with ``--postgres URL`` on a scratch
+  PostgreSQL database: receipt, person, conversation, routing, outbox row, commit), claims
+  the move and holds the mailbox as ``deskbot run`` wires them (``claim_archive``,
+  ``mailbox_lock``) and moves each to Processed. Beside it, a bare aioimaplib fetch of the same N mails (``UID FETCH …
   BODY.PEEK[]`` in batches of 100) measured in the same run. The CPU time of this process
   (all threads) while the channel works is printed per mail; Dovecot's is not in it.
 - send: N outbox rows (one reply in each of N conversations, queued with the core's
@@ -23,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +105,37 @@ async def bare_fetch(port: int, user: str, n: int) -> float:
     return n / elapsed
 
 
-async def ingest(n: int) -> tuple[float, float, float]:
+@contextlib.asynccontextmanager
+async def scratch_database(tmp: Path, postgres: str | None) -> AsyncIterator[Database]:
+    """A migrated, empty database: a SQLite file, or a new database on the PostgreSQL
+    server at ``postgres`` (an admin URL, dropped afterwards)."""
+    if postgres is None:
+        database = Database(f"sqlite+aiosqlite:///{tmp / 'bench.sqlite3'}")
+        await upgrade(database)
+        try:
+            yield database
+        finally:
+            await database.dispose()
+        return
+    import asyncpg
+
+    name = f"deskbot_bench_{uuid.uuid4().hex[:8]}"
+    admin = postgres.replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        database = Database(f"{postgres}/{name}")
+        try:
+            await upgrade(database)
+            yield database
+        finally:
+            await database.dispose()
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def ingest(n: int, postgres: str | None = None) -> tuple[float, float, float]:
     with running_dovecot() as dovecot, tempfile.TemporaryDirectory() as tmp:
         user = dovecot.user()
         async with ImapDriver(dovecot.port, user) as driver:
@@ -115,56 +149,61 @@ async def ingest(n: int) -> tuple[float, float, float]:
                 await driver.append(raw)
         bare = await bare_fetch(dovecot.port, user, n)
 
-        database = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}")
-        await upgrade(database)
-        settings = Settings(  # type: ignore[call-arg]
-            _env_file=None,
-            var_dir=Path(tmp) / "var",
-            kb_dir=SAMPLE_KB_DIR,
-            catalog=SAMPLE_CATALOG,
-            secret_key="bench-secret",
-            auto_reply_cap_per_hour=10_000,
-        )
-        core = build_core(settings, clock=SystemClock(), database=database)
-        done = asyncio.Event()
-        results: list[HandleResult] = []
+        async with scratch_database(Path(tmp), postgres) as database:
+            return await _ingest_into(database, dovecot.port, user, n, Path(tmp), bare)
 
-        async def handle(inbound: Inbound) -> HandleResult:
-            result = await core.manager.handle(inbound)
-            results.append(result)
-            if len(results) >= n:
-                done.set()
-            return result
 
-        channel = EmailChannel(
-            desk_address=DESK,
-            secret="bench-secret",
-            imap=ImapSettings(
-                host="127.0.0.1",
-                port=dovecot.port,
-                user=user,
-                password=PASSWORD,
-                ssl=False,
-                folder="INBOX",
-                processed_folder="Processed",
-                failed_folder="Failed",
-            ),
-            smtp=SmtpSettings(host="127.0.0.1", port=1, starttls=False),
-            handle=handle,
-            claim_archive=core.manager.claim_archives,
-        )
-        started = time.perf_counter()
-        cpu = time.process_time()
-        await channel.start()
-        await asyncio.wait_for(done.wait(), timeout=600)
-        # the last batch's move is part of the work
-        await channel.wait_scans(channel.scans + 1, timeout=600)
-        elapsed = time.perf_counter() - started
-        cpu_ms = (time.process_time() - cpu) / n * 1000
-        await channel.stop()
-        await database.dispose()
-        assert sum(not r.duplicate for r in results) == n
-        return n / elapsed, bare, cpu_ms
+async def _ingest_into(
+    database: Database, port: int, user: str, n: int, tmp: Path, bare: float
+) -> tuple[float, float, float]:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        var_dir=tmp / "var",
+        kb_dir=SAMPLE_KB_DIR,
+        catalog=SAMPLE_CATALOG,
+        secret_key="bench-secret",
+        auto_reply_cap_per_hour=10_000,
+    )
+    core = build_core(settings, clock=SystemClock(), database=database)
+    done = asyncio.Event()
+    results: list[HandleResult] = []
+
+    async def handle(inbound: Inbound) -> HandleResult:
+        result = await core.manager.handle(inbound)
+        results.append(result)
+        if len(results) >= n:
+            done.set()
+        return result
+
+    channel = EmailChannel(
+        desk_address=DESK,
+        secret="bench-secret",
+        imap=ImapSettings(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            password=PASSWORD,
+            ssl=False,
+            folder="INBOX",
+            processed_folder="Processed",
+            failed_folder="Failed",
+        ),
+        smtp=SmtpSettings(host="127.0.0.1", port=1, starttls=False),
+        handle=handle,
+        claim_archive=core.manager.claim_archives,
+        mailbox_lock=core.manager.exclusive,  # as deskbot run wires it (a lock on PostgreSQL)
+    )
+    started = time.perf_counter()
+    cpu = time.process_time()
+    await channel.start()
+    await asyncio.wait_for(done.wait(), timeout=600)
+    # the last batch's move is part of the work
+    await channel.wait_scans(channel.scans + 1, timeout=600)
+    elapsed = time.perf_counter() - started
+    cpu_ms = (time.process_time() - cpu) / n * 1000
+    await channel.stop()
+    assert sum(not r.duplicate for r in results) == n
+    return n / elapsed, bare, cpu_ms
 
 
 def _outbound(i: int) -> Outbound:
@@ -341,11 +380,14 @@ async def send(n: int, port: int, connections: int, rounds: int) -> SendFigures:
     return figures
 
 
-async def main_async(mails: int, sends: int, connections: int, rounds: int) -> None:
+async def main_async(
+    mails: int, sends: int, connections: int, rounds: int, postgres: str | None
+) -> None:
     if mails:
-        ours, bare, cpu_ms = await ingest(mails)
+        ours, bare, cpu_ms = await ingest(mails, postgres)
         print(
-            f"ingest  {mails} mails: channel+core {ours:7.1f} mails/s "
+            f"ingest  {mails} mails ({'PostgreSQL' if postgres else 'SQLite'}): "
+            f"channel+core {ours:7.1f} mails/s "
             f"({cpu_ms:.1f} ms CPU per mail)   bare IMAP fetch {bare:7.1f}/s"
         )
     if not sends:
@@ -377,8 +419,14 @@ def main() -> None:
         "--connections", type=int, default=4, help="SMTP pool size (EmailChannel.send_concurrency)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="send measurements per path")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="ingest into a scratch database on this PostgreSQL server "
+        "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432) instead of SQLite",
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.mails, args.sends, args.connections, args.rounds))
+    asyncio.run(main_async(args.mails, args.sends, args.connections, args.rounds, args.postgres))
 
 
 if __name__ == "__main__":
