@@ -6,8 +6,9 @@ Run: .venv/bin/python benchmarks/email_throughput.py [--mails 1000] [--sends 100
   the real core (``build_core`` on SQLite, or with ``--postgres URL`` on a scratch
   PostgreSQL database: receipt, person, conversation, routing, outbox row, commit), claims
   the move and holds the mailbox as ``deskbot run`` wires them (``claim_archive``,
-  ``mailbox_lock``) and moves each to Processed. Beside it, a bare aioimaplib fetch of the same N mails (``UID FETCH …
-  BODY.PEEK[]`` in batches of 100) measured in the same run. The CPU time of this process
+  ``mailbox_lock``) and moves each to Processed. Beside it, a bare aioimaplib fetch of
+  the same N mails (``UID FETCH … BODY.PEEK[]`` in batches of 100) measured in the same
+  run. The CPU time of this process
   (all threads) while the channel works is printed per mail; Dovecot's is not in it.
 - send: N outbox rows (one reply in each of N conversations, queued with the core's
   ``enqueue_reply``) delivered by the core's ``OutboxDispatcher`` (claim, stamp, send,
