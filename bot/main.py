@@ -338,10 +338,16 @@ _mount_optional("email", "channels.email.cli")
 
 
 def _setup_logging(level: str) -> None:
+    numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=numeric,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
+    )
+    # APScheduler logs two INFO lines for every job run, and the KB sync runs every few
+    # seconds: noise unless debugging; its warnings (missed runs, failed jobs) still show
+    logging.getLogger("apscheduler.executors").setLevel(
+        logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
     )
 
 

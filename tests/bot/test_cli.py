@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from bot.main import _setup_logging
 from tests.conftest import REPO_ROOT
 
 
@@ -75,3 +77,18 @@ def test_chat_reads_piped_lines_and_prints_the_transcript(tmp_path: Path) -> Non
     assert "Which account needs the reset" in out
     assert "cancelled" in out
     assert out.index("you> my tickets") < out.index("You have no open tickets")
+
+
+def test_scheduler_job_runs_are_quiet_at_info_and_shown_when_debugging() -> None:
+    """APScheduler's two INFO lines per job run (the KB sync runs every few seconds) do not
+    flood the log; its warnings still show, and DEBUG shows everything."""
+    executors = logging.getLogger("apscheduler.executors")
+    before = executors.level
+    try:
+        _setup_logging("INFO")
+        assert not executors.isEnabledFor(logging.INFO)
+        assert executors.isEnabledFor(logging.WARNING)
+        _setup_logging("DEBUG")
+        assert executors.isEnabledFor(logging.DEBUG)
+    finally:
+        executors.setLevel(before)
