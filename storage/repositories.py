@@ -173,12 +173,13 @@ _ACTIVE_OUTAGE = (
 
 # receipts are written with text statements and never loaded in the handling session:
 # there is nothing in it for the ORM to synchronise
+_RECEIPTS_NAMED = (
+    InboundReceipt.channel == bindparam("b_channel"),
+    InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
+)
 _SETTLE_RECEIPTS = (
     update(InboundReceipt)
-    .where(
-        InboundReceipt.channel == bindparam("b_channel"),
-        InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
-    )
+    .where(*_RECEIPTS_NAMED)
     .values(
         status=bindparam("b_status"),
         reason=bindparam("b_reason"),
@@ -189,8 +190,7 @@ _SETTLE_RECEIPTS = (
 _CLAIM_ARCHIVES = (
     update(InboundReceipt)
     .where(
-        InboundReceipt.channel == bindparam("b_channel"),
-        InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
+        *_RECEIPTS_NAMED,
         or_(
             InboundReceipt.archived_at.is_(None),
             InboundReceipt.archived_at < bindparam("b_stale"),

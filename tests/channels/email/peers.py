@@ -16,11 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypeVar
 
 from aioimaplib import aioimaplib
 from aiosmtpd.smtp import SMTP as SmtpServer
@@ -316,11 +317,19 @@ class SmtpPeer:
         return list(self.handler.received)
 
 
+DovecotT = TypeVar("DovecotT", bound=Dovecot)
+
+
 @contextlib.contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
-    """A Dovecot in a fresh world-traversable temp dir (pytest's tmp dirs are 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="deskbot-dovecot-"))
-    server = Dovecot(root)
+def running_dovecot(
+    make: Callable[[Path], DovecotT] = Dovecot,  # type: ignore[assignment]
+    *,
+    prefix: str = "deskbot-dovecot-",
+) -> Iterator[DovecotT]:
+    """A Dovecot (``make(root)``) in a fresh world-traversable temp dir (pytest's tmp dirs
+    are 0700), configured, started, and stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = make(root)
     server.write_config()
     server.start()
     try:

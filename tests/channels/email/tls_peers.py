@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import ssl
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,13 @@ import trustme
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
 
-from tests.channels.email.peers import CaptureHandler, Dovecot, SmtpPeer, _free_port
+from tests.channels.email.peers import (
+    CaptureHandler,
+    Dovecot,
+    SmtpPeer,
+    _free_port,
+    running_dovecot,
+)
 
 SECURE_HOST = "127.0.0.2"
 SERVER_NAMES = ("127.0.0.1", SECURE_HOST, "localhost")
@@ -135,15 +139,10 @@ service imap-login {{
 @contextlib.contextmanager
 def running_tls_dovecot(pki: Pki) -> Iterator[TlsDovecot]:
     """A TLS Dovecot in a fresh world-traversable temp dir (as ``running_dovecot``)."""
-    root = Path(tempfile.mkdtemp(prefix="deskbot-dovecot-tls-"))
-    server = TlsDovecot(root, pki=pki)
-    server.write_config()
-    server.start()
-    try:
+    with running_dovecot(
+        lambda root: TlsDovecot(root, pki=pki), prefix="deskbot-dovecot-tls-"
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- SMTP ---------------------------------------------------------------------------------
