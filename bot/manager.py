@@ -1,8 +1,21 @@
-"""The conversation manager: one inbound message in, one transaction, replies in the outbox.
+"""The conversation manager: inbound messages in, replies in the outbox, in rounds.
 
-``handle`` drops a repeated (channel, external id), resolves the sender to a person,
-finds or opens the conversation, stores the message and then either relays it to the
-agent who owns the conversation or lets the router answer. Replies are outbox rows
+``handle`` queues one inbound message and waits for what became of it. A worker takes
+whatever is queued (up to ``max_batch`` messages) and handles it in *rounds*. A round
+holds at most one message per thread, per sender and per receipt id, and runs in one
+transaction with set-based statements: the receipts go in as one INSERT, the senders and
+their conversations come from one SELECT each, and at the end every new message is one
+INSERT and every outbox row one more. At a trickle a round is one message; under load (an
+outage announcement, a burst of mail, a busy web chat) the statements and the commit are
+shared by the whole round, so the cost per message falls as the load rises. The later
+messages of a thread or a sender wait for the next round, so each thread is handled in
+the order its messages arrived, and a message sees everything its predecessors did.
+
+When a round fails, each of its messages is handled again in a round of its own, so one
+bad message cannot hold the others back, and whatever the failed round did was rolled
+back. For each message: drop a repeated (channel, external id), resolve the sender to a
+person, find or open the conversation, store the message and then either relay it to the
+agent who owns the conversation or let the router answer. Replies are outbox rows
 committed with everything else; the dispatcher delivers them after the commit.
 """
 
@@ -10,25 +23,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import metrics
 from bot.clock import Clock
 from bot.errors import TransientError
 from bot.events import ConversationEvent, EventBus
-from bot.outgoing import enqueue_replies
+from bot.outgoing import StagedReplies
 from bot.turn import Reply, Turn
 from bot.types import HandleResult, Inbound, Outbound
 from storage.db import Database
 from storage.locks import AdvisoryLocks
-from storage.models import Conversation, Message, Person
-from storage.repositories import Alerts, Conversations, Outbox, People, Receipts, Tickets
+from storage.models import Conversation, Message, OutboxRow, Person
+from storage.repositories import (
+    Alerts,
+    Conversations,
+    KnowledgeFeedback,
+    Outbox,
+    People,
+    Receipts,
+    Tickets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +81,41 @@ class AgentSurface(Protocol):
     ) -> list[Outbound]: ...
 
 
+@dataclass(slots=True, eq=False)
+class _Queued:
+    inbound: Inbound
+    future: asyncio.Future[HandleResult]
+    queued_at: float
+
+
+@dataclass(slots=True, eq=False)
+class _Handled:
+    """What one message of a round did; ids are read once the round has flushed."""
+
+    inbound: Inbound
+    conversation: Conversation
+    message: Message
+    route: str
+    state: str  # the conversation's state for the inbound message's event
+    kept_reason: str | None = None
+    outbox_rows: list[OutboxRow] = field(default_factory=list)
+    replies: list[int] = field(default_factory=list)  # positions in the round's staged replies
+    after_commit: list[ConversationEvent] = field(default_factory=list)
+    settle: tuple[str, str | None] | None = None  # receipt (status, reason) with the message id
+
+
+@dataclass(slots=True, eq=False)
+class _Round:
+    """The shared state of one round's transaction."""
+
+    session: AsyncSession
+    now: datetime
+    people: dict[tuple[str, str], Person]
+    threads: dict[tuple[str, str], Conversation]
+    replies: StagedReplies
+    feedback: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
 class ConversationManager:
     """The one entry point every channel hands its inbound messages to."""
 
@@ -72,6 +130,7 @@ class ConversationManager:
         surfaces: Sequence[AgentSurface] = (),
         loop_guard_channels: Sequence[str] = ("email",),
         auto_reply_cap_per_hour: int = 10,
+        max_batch: int = 100,
     ) -> None:
         self.db = database
         self.router = router
@@ -79,40 +138,108 @@ class ConversationManager:
         self.events = events or EventBus()
         self._on_enqueued = on_enqueued
         self.surfaces: list[AgentSurface] = list(surfaces)
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
         self.loop_guard_channels = set(loop_guard_channels)
         self.auto_reply_cap_per_hour = auto_reply_cap_per_hour
+        self.max_batch = max_batch
         self.node_locks = AdvisoryLocks(database)
+        self._queue: deque[_Queued] = deque()
+        self._worker: asyncio.Task[None] | None = None
 
-    def _lock(self, inbound: Inbound) -> asyncio.Lock:
-        key = (inbound.channel, inbound.thread_key)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
+    # the queue ------------------------------------------------------------------------
 
     async def handle(self, inbound: Inbound) -> HandleResult:
-        """Handle one inbound message exactly once; a repeat is recognised and dropped."""
-        async with self._lock(inbound):
-            try:
-                result, events = await self._handle_locked(inbound)
-            except DBAPIError as exc:
-                # the database is unreachable, busy or dropped the connection (R47): the
-                # caller should retry later, and must not count this against the message
-                # (a poller would quarantine it)
-                if not (
-                    isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
-                ):
-                    raise
-                raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
+        """Handle one inbound message exactly once; a repeat is recognised and dropped.
+
+        Raises :class:`~bot.errors.TransientError` when the database is unavailable (try
+        again later; the message was not taken), or whatever the message itself caused.
+        A caller that stops waiting before its message's round began leaves it unhandled;
+        after that, the round goes on and the message is handled.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[HandleResult] = loop.create_future()
+        self._queue.append(_Queued(inbound, future, loop.time()))
+        worker = self._worker
+        if worker is None or worker.done() or worker.get_loop() is not loop:
+            self._worker = loop.create_task(self._work(), name="manager.rounds")
+            self._worker.add_done_callback(self._worker_stopped)
+        return await future
+
+    def _worker_stopped(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("manager.worker.crashed", exc_info=task.exception())
+
+    async def _work(self) -> None:
+        """Take what is queued, round after round, until nothing is left; then end (the
+        next ``handle`` starts a new worker)."""
+        batch: list[_Queued] = []
+        try:
+            while self._queue:
+                batch = []
+                while self._queue and len(batch) < self.max_batch:
+                    item = self._queue.popleft()
+                    if not item.future.done():  # its caller stopped waiting: not begun
+                        batch.append(item)
+                for items in _rounds(batch):
+                    await self._handle_round(items)
+        except BaseException:
+            # cancelled (the loop is shutting down): nobody may wait for ever
+            for item in [*batch, *self._queue]:
+                if not item.future.done():
+                    item.future.cancel()
+            self._queue.clear()
+            raise
+
+    async def _handle_round(self, items: list[_Queued]) -> None:
+        try:
+            results, events = await self._run_round([item.inbound for item in items])
+        except Exception as exc:
+            if len(items) > 1:
+                logger.warning(
+                    "inbound.round.failed messages=%d error=%s: handling each alone",
+                    len(items),
+                    type(exc).__name__,
+                )
+                for item in items:
+                    await self._handle_round([item])
+                return
+            [item] = items
+            failure = _failure(exc)
+            metrics.INBOUND.labels(item.inbound.channel, "failed").inc()
+            if not item.future.done():
+                item.future.set_exception(failure)
+            return
+        metrics.ROUND_MESSAGES.observe(len(items))
+        loop = asyncio.get_running_loop()
+        enqueued = False
+        for item, result in zip(items, results, strict=True):
+            outcome = "duplicate" if result.duplicate else (result.route or "handled")
+            metrics.INBOUND.labels(item.inbound.channel, outcome.split(".")[0]).inc()
+            metrics.HANDLE_SECONDS.labels(item.inbound.channel).observe(
+                loop.time() - item.queued_at
+            )
+            if result.duplicate:
+                logger.info(
+                    "inbound.duplicate channel=%s external_id=%s",
+                    item.inbound.channel,
+                    item.inbound.external_id,
+                )
+            else:
+                logger.info(
+                    "inbound.handled channel=%s conversation=%s route=%s replies=%d",
+                    item.inbound.channel,
+                    result.conversation_id,
+                    result.route,
+                    len(result.outbox_ids),
+                )
+            enqueued = enqueued or bool(result.outbox_ids)
+            if not item.future.done():
+                item.future.set_result(result)
         for event in events:
             self.events.publish(event)
-        if result.outbox_ids and self._on_enqueued is not None:
+        if enqueued and self._on_enqueued is not None:
             self._on_enqueued()
-        return result
+
+    # node-wide holds and platform clean-up --------------------------------------------
 
     def exclusive(self, name: str) -> AbstractAsyncContextManager[asyncio.Event]:
         """Hold ``name`` alone among every node on this database (the email poller holds
@@ -149,172 +276,177 @@ class ConversationManager:
                 channel, external_ids, now=self.clock.now(), stale_after=stale_after
             )
 
-    async def _handle_locked(
-        self, inbound: Inbound
-    ) -> tuple[HandleResult, list[ConversationEvent]]:
-        events: list[ConversationEvent] = []
+    # one round ------------------------------------------------------------------------
+
+    async def _run_round(
+        self, inbounds: list[Inbound]
+    ) -> tuple[list[HandleResult], list[ConversationEvent]]:
         async with self.db.transaction() as session:
             now = self.clock.now()
-            fresh = await Receipts(session).record(
-                inbound.channel, inbound.external_id, alt_ids=inbound.alt_ids, now=now
+            fresh = await Receipts(session).record_many(
+                [(i.channel, i.external_id, i.alt_ids) for i in inbounds], now=now
             )
-            if not fresh:
-                logger.info(
-                    "inbound.duplicate channel=%s external_id=%s",
-                    inbound.channel,
-                    inbound.external_id,
+            live = [inbound for inbound, new in zip(inbounds, fresh, strict=True) if new]
+            people = People(session)
+            conversations = Conversations(session)
+            known_people: dict[tuple[str, str], Person] = {}
+            known_threads: dict[tuple[str, str], Conversation] = {}
+            for channel, group in _by_channel(live):
+                found = await people.by_identities(channel, [i.sender.external_id for i in group])
+                known_people.update(((channel, key), person) for key, person in found.items())
+                threads = await conversations.by_threads(channel, [i.thread_key for i in group])
+                known_threads.update(((channel, key), c) for key, c in threads.items())
+            state = _Round(session, now, known_people, known_threads, StagedReplies(session))
+            handled: list[_Handled | None] = []
+            for inbound, new in zip(inbounds, fresh, strict=True):
+                handled.append(await self._turn(state, inbound) if new else None)
+            written = await state.replies.write(now=now)
+            settle = [
+                {
+                    "channel": h.inbound.channel,
+                    "external_ids": [h.inbound.external_id, *h.inbound.alt_ids],
+                    "status": h.settle[0],
+                    "reason": h.settle[1],
+                    "message_id": h.message.id,
+                }
+                for h in handled
+                if h is not None and h.settle is not None
+            ]
+            await Receipts(session).settle_many(settle)
+            await KnowledgeFeedback(session).add_counts(state.feedback)
+        results: list[HandleResult] = []
+        events: list[ConversationEvent] = []
+        for h in handled:
+            if h is None:
+                results.append(HandleResult(duplicate=True))
+                continue
+            replies = [written[position] for position in h.replies]
+            results.append(
+                HandleResult(
+                    duplicate=False,
+                    conversation_id=h.conversation.id,
+                    message_id=h.message.id,
+                    outbox_ids=tuple(
+                        [row.id for row in h.outbox_rows] + [row_id for _, row_id in replies]
+                    ),
+                    kept_reason=h.kept_reason,
+                    route=h.route,
                 )
-                return HandleResult(duplicate=True), events
-            person, new_person = await self._resolve_person(session, inbound, now)
-            conversation = await self._find_conversation(session, inbound, person, now)
-            message = await Conversations(session).add_message(
+            )
+            events.append(
+                ConversationEvent(
+                    "message",
+                    h.conversation.id,
+                    {"message_id": h.message.id, "direction": "in", "state": h.state},
+                )
+            )
+            events.extend(
+                ConversationEvent(
+                    "message", h.conversation.id, {"message_id": message.id, "direction": "out"}
+                )
+                for message, _ in replies
+            )
+            events.extend(h.after_commit)
+        return results, events
+
+    async def _turn(self, state: _Round, inbound: Inbound) -> _Handled:
+        """One message of a round, after its receipt was found new."""
+        session, now = state.session, state.now
+        person, new_person = await self._resolve_person(state, inbound)
+        conversation = await self._find_conversation(state, inbound, person)
+        message = Conversations.new_message(
+            conversation,
+            direction="in",
+            author_kind="person",
+            author_id=person.id,
+            text=inbound.text,
+            external_id=inbound.external_id,
+            kind=inbound.kind,
+            now=now,
+            meta={k: v for k, v in inbound.meta.items() if _jsonable(v)},
+        )
+        if inbound.kind != "message":
+            reason = str(inbound.meta.get("reason") or f"{inbound.kind}: stored, not answered")
+            state.replies.stage_message(conversation, message)
+            await self._handle_machine_mail(session, inbound, conversation, now)
+            return _Handled(
+                inbound,
                 conversation,
-                direction="in",
-                author_kind="person",
-                author_id=person.id,
-                text=inbound.text,
-                external_id=inbound.external_id,
-                kind=inbound.kind,
-                now=now,
-                meta={k: v for k, v in inbound.meta.items() if _jsonable(v)},
-                defer=True,
+                message,
+                route="kept",
+                state=conversation.state,
+                kept_reason=reason,
+                settle=("kept", reason),
             )
-            routed = inbound.kind == "message" and conversation.state not in AGENT_STATES
-            if not routed:
-                await Conversations(session).store(message, conversation)
-                events.append(self._message_event(conversation, message))
-            if inbound.kind != "message":
-                reason = str(inbound.meta.get("reason") or f"{inbound.kind}: stored, not answered")
-                await self._handle_machine_mail(session, inbound, conversation, now)
-                await Receipts(session).settle(
-                    inbound.channel,
-                    inbound.external_id,
-                    status="kept",
-                    reason=reason,
-                    message_id=message.id,
-                    alt_ids=inbound.alt_ids,
-                )
-                return (
-                    HandleResult(
-                        duplicate=False,
-                        conversation_id=conversation.id,
-                        message_id=message.id,
-                        kept_reason=reason,
-                        route="kept",
-                    ),
-                    events,
-                )
-            if conversation.state in AGENT_STATES:
-                outbox_ids = await self._relay(session, conversation, person, message, now)
-                await Receipts(session).settle(
-                    inbound.channel,
-                    inbound.external_id,
-                    status="handled",
-                    reason="relayed to agent",
-                    message_id=message.id,
-                    alt_ids=inbound.alt_ids,
-                )
-                return (
-                    HandleResult(
-                        duplicate=False,
-                        conversation_id=conversation.id,
-                        message_id=message.id,
-                        outbox_ids=tuple(outbox_ids),
-                        route="relayed",
-                    ),
-                    events,
-                )
-            turn = Turn(
-                session=session,
-                inbound=inbound,
-                person=person,
-                conversation=conversation,
-                message=message,
-                now=now,
+        if conversation.state in AGENT_STATES:
+            # the surfaces name the message by its id: it is inserted now, after what
+            # this round staged so far
+            await state.replies.flush()
+            await Conversations(session).store(message, conversation)
+            return _Handled(
+                inbound,
+                conversation,
+                message,
+                route="relayed",
+                state=conversation.state,
+                outbox_rows=await self._relay(session, conversation, person, message, now),
+                settle=("handled", "relayed to agent"),
             )
-            await self.router.route(turn)
-            message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
-            replies = await self._guard_loops(session, turn, new_person=new_person)
-            outbox_ids = []
-            if turn.escalation is not None:
-                # the agents' card shows the transcript: this message must be in it
-                await Conversations(session).store(message, conversation)
-                for surface in self.surfaces:
-                    for outbound in await surface.escalated(
-                        session, conversation, person, turn.escalation
-                    ):
-                        row = await Outbox(session).enqueue(
+        turn = Turn(
+            session=session,
+            inbound=inbound,
+            person=person,
+            conversation=conversation,
+            message=message,
+            now=now,
+        )
+        await self.router.route(turn)
+        message.meta = {**message.meta, "route": turn.route, "reason": turn.reason}
+        for article_id, outcome in turn.feedback:
+            counts = state.feedback.setdefault(article_id, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+        replies = await self._guard_loops(state, turn, new_person=new_person)
+        handled = _Handled(
+            inbound,
+            conversation,
+            message,
+            route=turn.route,
+            state=conversation.state,
+            after_commit=[e for e in turn.after_commit if isinstance(e, ConversationEvent)],
+            # the receipt is already "handled"; only aliases need the message id, so a
+            # reply that names this message by an alias can find its conversation
+            settle=("handled", None) if inbound.alt_ids else None,
+        )
+        if turn.escalation is not None:
+            # the agents' card shows the transcript: this message must be in it
+            await state.replies.flush()
+            await Conversations(session).store(message, conversation)
+            for surface in self.surfaces:
+                for outbound in await surface.escalated(
+                    session, conversation, person, turn.escalation
+                ):
+                    handled.outbox_rows.append(
+                        await Outbox(session).enqueue(
                             channel=outbound.channel,
                             payload=outbound.to_json(),
                             now=now,
                             conversation_id=conversation.id,
                         )
-                        outbox_ids.append(row.id)
-            written = await enqueue_replies(
-                session,
-                conversation,
-                replies,
-                now=now,
-                after=None if turn.escalation is not None else message,
-            )
-            events.append(self._message_event(conversation, message))
-            for out_message, row in written:
-                outbox_ids.append(row.id)
-                events.append(
-                    ConversationEvent(
-                        "message",
-                        conversation.id,
-                        {"message_id": out_message.id, "direction": "out"},
                     )
-                )
-            for extra in turn.after_commit:
-                if isinstance(extra, ConversationEvent):
-                    events.append(extra)
-            if inbound.alt_ids:
-                # the receipt is already "handled"; only aliases need the message id, so
-                # a reply that names this message by an alias can find its conversation
-                await Receipts(session).settle(
-                    inbound.channel,
-                    inbound.external_id,
-                    status="handled",
-                    reason=None,
-                    message_id=message.id,
-                    alt_ids=inbound.alt_ids,
-                )
-            logger.info(
-                "inbound.handled channel=%s conversation=%s route=%s replies=%d",
-                inbound.channel,
-                conversation.id,
-                turn.route,
-                len(outbox_ids),
-            )
-            return (
-                HandleResult(
-                    duplicate=False,
-                    conversation_id=conversation.id,
-                    message_id=message.id,
-                    outbox_ids=tuple(outbox_ids),
-                    route=turn.route,
-                ),
-                events,
-            )
-
-    @staticmethod
-    def _message_event(conversation: Conversation, message: Message) -> ConversationEvent:
-        return ConversationEvent(
-            "message",
-            conversation.id,
-            {"message_id": message.id, "direction": "in", "state": conversation.state},
+        handled.replies = state.replies.stage(
+            conversation,
+            replies,
+            now=now,
+            after=None if turn.escalation is not None else message,
         )
+        return handled
 
-    async def _resolve_person(
-        self, session: AsyncSession, inbound: Inbound, now: datetime
-    ) -> tuple[Person, bool]:
+    async def _resolve_person(self, state: _Round, inbound: Inbound) -> tuple[Person, bool]:
         """The sender's person, and whether this transaction created it."""
-        people = People(session)
+        people = People(state.session)
         sender = inbound.sender
         verified_email = sender.email.lower() if sender.email and sender.email_verified else None
-        person = await people.by_identity(inbound.channel, sender.external_id)
+        person = state.people.get((inbound.channel, sender.external_id))
         if person is not None:
             if (
                 verified_email
@@ -325,6 +457,7 @@ class ConversationManager:
             if sender.display_name and not person.display_name:
                 person.display_name = sender.display_name
             return person, False
+        now = state.now
         if verified_email:
             person, created = await people.open_by_email(
                 verified_email, display_name=sender.display_name, now=now
@@ -343,17 +476,14 @@ class ConversationManager:
         if owner != person.id:  # lost a race with a concurrent first message
             winner = await people.get(owner)
             assert winner is not None
-            return winner, False
+            person, created = winner, False
+        state.people[(inbound.channel, sender.external_id)] = person
         return person, created
 
     async def _find_conversation(
-        self,
-        session: AsyncSession,
-        inbound: Inbound,
-        person: Person,
-        now: datetime,
+        self, state: _Round, inbound: Inbound, person: Person
     ) -> Conversation:
-        conversations = Conversations(session)
+        conversations = Conversations(state.session)
         conversation = None
         if inbound.thread_key.startswith("conversation:"):
             # a channel-verified reference to one of our conversations (a signed email
@@ -368,13 +498,13 @@ class ConversationManager:
                 ):
                     conversation = candidate
         if conversation is None:
-            conversation = await conversations.by_thread(inbound.channel, inbound.thread_key)
+            conversation = state.threads.get((inbound.channel, inbound.thread_key))
         if conversation is None and inbound.references:
             conversation = await conversations.by_reference(
                 inbound.channel, inbound.references, person.id
             )
         if conversation is None and inbound.ticket_hint:
-            ticket = await Tickets(session).by_number(inbound.ticket_hint)
+            ticket = await Tickets(state.session).by_number(inbound.ticket_hint)
             if ticket is not None and ticket.requester_id == person.id and ticket.conversation_id:
                 conversation = await conversations.get(ticket.conversation_id)
         if conversation is None:
@@ -383,8 +513,9 @@ class ConversationManager:
                 thread_key=inbound.thread_key,
                 person_id=person.id,
                 reply_to=dict(inbound.reply_to),
-                now=now,
+                now=state.now,
             )
+            state.threads[(inbound.channel, inbound.thread_key)] = conversation
         elif inbound.reply_to:
             conversation.reply_to = dict(inbound.reply_to)
         return conversation
@@ -396,18 +527,19 @@ class ConversationManager:
         person: Person,
         message: Message,
         now: datetime,
-    ) -> list[int]:
-        ids: list[int] = []
+    ) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
         for surface in self.surfaces:
             for outbound in await surface.relay(session, conversation, person, message):
-                row = await Outbox(session).enqueue(
-                    channel=outbound.channel,
-                    payload=outbound.to_json(),
-                    now=now,
-                    conversation_id=conversation.id,
+                rows.append(
+                    await Outbox(session).enqueue(
+                        channel=outbound.channel,
+                        payload=outbound.to_json(),
+                        now=now,
+                        conversation_id=conversation.id,
+                    )
                 )
-                ids.append(row.id)
-        return ids
+        return rows
 
     async def _handle_machine_mail(
         self,
@@ -439,26 +571,26 @@ class ConversationManager:
                 meta={"bounce_message_conversation": conversation.id},
             )
 
-    async def _guard_loops(
-        self, session: AsyncSession, turn: Turn, *, new_person: bool
-    ) -> list[Reply]:
+    async def _guard_loops(self, state: _Round, turn: Turn, *, new_person: bool) -> list[Reply]:
         """Cap automatic replies per person on loop-prone channels (R19)."""
         if not turn.replies or turn.conversation.channel not in self.loop_guard_channels:
             return turn.replies
         since = turn.now - timedelta(hours=1)
-        # a person this transaction created has had no replies yet: nothing to count
-        sent = (
-            0
-            if new_person
-            else await Conversations(session).bot_replies_to_person_since(turn.person.id, since)
-        )
+        if new_person:
+            sent = 0  # a person this transaction created has had no replies yet
+        else:
+            if turn.person.id in state.replies.people:
+                await state.replies.flush()  # this round's replies to them count too
+            sent = await Conversations(state.session).bot_replies_to_person_since(
+                turn.person.id, since
+            )
         if sent + len(turn.replies) <= self.auto_reply_cap_per_hour:
             return turn.replies
         notes = dict(turn.conversation.notes or {})
         if not notes.get("loop_alerted_at") or notes["loop_alerted_at"] < since.isoformat():
             notes["loop_alerted_at"] = turn.now.isoformat()
             turn.conversation.notes = notes
-            await Alerts(session).raise_alert(
+            await Alerts(state.session).raise_alert(
                 "mail_loop",
                 f"Automatic replies to person {turn.person.id} capped at "
                 f"{self.auto_reply_cap_per_hour}/hour: a mail loop is likely.",
@@ -467,6 +599,48 @@ class ConversationManager:
             )
             logger.warning("inbound.loop_capped person=%s", turn.person.id)
         return []
+
+
+def _rounds(items: list[_Queued]) -> list[list[_Queued]]:
+    """Split queued messages into rounds: a message goes in the round after the last one
+    that holds a message of its thread, of its sender or with one of its receipt ids."""
+    rounds: list[list[_Queued]] = []
+    last: dict[tuple[str, str, str], int] = {}
+    for item in items:
+        inbound = item.inbound
+        keys = [
+            ("thread", inbound.channel, inbound.thread_key),
+            ("sender", inbound.channel, inbound.sender.external_id),
+            ("receipt", inbound.channel, inbound.external_id),
+            *(("receipt", inbound.channel, alt) for alt in inbound.alt_ids),
+        ]
+        index = max((last[key] + 1 for key in keys if key in last), default=0)
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+        for key in keys:
+            last[key] = index
+    return rounds
+
+
+def _by_channel(inbounds: Iterable[Inbound]) -> list[tuple[str, list[Inbound]]]:
+    groups: dict[str, list[Inbound]] = {}
+    for inbound in inbounds:
+        groups.setdefault(inbound.channel, []).append(inbound)
+    return list(groups.items())
+
+
+def _failure(exc: Exception) -> Exception:
+    """What the caller of ``handle`` is told: a database that is unreachable, busy or
+    dropped the connection (R47) is transient, so a poller retries later instead of
+    counting it against the message (and quarantining it)."""
+    if isinstance(exc, DBAPIError) and (
+        isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+    ):
+        failure = TransientError(f"database unavailable: {type(exc).__name__}")
+        failure.__cause__ = exc
+        return failure
+    return exc
 
 
 def _jsonable(value: object) -> bool:

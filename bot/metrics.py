@@ -19,6 +19,12 @@ HANDLE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+ROUND_MESSAGES = Histogram(
+    "deskbot_handle_round_messages",
+    "Inbound messages handled together in one transaction (a round)",
+    registry=REGISTRY,
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
 OUTBOX = Counter(
     "deskbot_outbox_total",
     "Outbox deliveries by channel and result",

@@ -3,14 +3,137 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.turn import Reply
 from bot.types import Outbound
-from storage.models import Conversation, Message, OutboxRow
+from storage.models import Conversation, Message
 from storage.repositories import Conversations, Outbox
+
+
+@dataclass(slots=True)
+class _Staged:
+    message: Message
+    payload: dict[str, Any]
+    conversation_id: int
+    channel: str
+
+
+class StagedReplies:
+    """Messages and replies of several turns, written together: every staged message in
+    one INSERT, then every reply's outbox row (which carries its message's id) in one
+    more, without the ORM's per-object flush work.
+
+    :meth:`stage` builds a turn's messages and fixes what each reply says and where it
+    goes, so a later turn cannot change it; :meth:`flush` inserts what is staged so far
+    (for a query that must see it); :meth:`write` flushes and queues the outbox rows.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._messages: list[Message] = []  # built, not yet inserted
+        self._replies: list[_Staged] = []  # outbox rows to queue at write()
+        self.people: set[int] = set()
+        """Who has staged replies not yet inserted (the email loop guard counts them)."""
+
+    def stage_message(self, conversation: Conversation, message: Message) -> None:
+        """Stage a message that needs no reply (stored, not answered)."""
+        Conversations.touch(conversation, message)
+        self._messages.append(message)
+
+    def stage(
+        self,
+        conversation: Conversation,
+        replies: Sequence[Reply],
+        *,
+        now: datetime,
+        author_kind: str = "bot",
+        author_id: int | None = None,
+        automatic: bool = True,
+        external_id: str | None = None,
+        after: Message | None = None,
+    ) -> list[int]:
+        """Stage ``replies`` in ``conversation``; their positions in :meth:`write`'s result.
+
+        ``after`` is a built but unstored message that the replies answer (the inbound
+        one): it is inserted ahead of them, so it gets the lower id.
+        """
+        if after is not None:
+            self.stage_message(conversation, after)
+        positions: list[int] = []
+        for reply in replies:
+            message = Conversations.new_message(
+                conversation,
+                direction="out",
+                author_kind=author_kind,
+                author_id=author_id,
+                text=reply.markdown,
+                kind=reply.kind,
+                now=now,
+                external_id=external_id,
+                meta={
+                    "buttons": [{"label": b.label, "value": b.value} for b in reply.buttons],
+                    "quick_replies": list(reply.quick_replies),
+                    **reply.meta,
+                },
+            )
+            self.stage_message(conversation, message)
+            positions.append(len(self._replies))
+            self._replies.append(
+                _Staged(
+                    message=message,
+                    payload=Outbound(
+                        channel=conversation.channel,
+                        address=dict(conversation.reply_to),
+                        markdown=reply.markdown,
+                        buttons=reply.buttons,
+                        quick_replies=reply.quick_replies,
+                        subject=reply.subject,
+                        automatic=automatic,
+                        author=author_kind,
+                        kind=reply.kind,
+                        conversation_id=conversation.id,
+                        ticket_number=reply.ticket_number,
+                        meta=dict(reply.meta),
+                    ).to_json(),
+                    conversation_id=conversation.id,
+                    channel=conversation.channel,
+                )
+            )
+        if replies:
+            self.people.add(conversation.person_id)
+        return positions
+
+    async def flush(self) -> None:
+        """Flush the session and insert the messages staged so far (they get their ids)."""
+        await self.session.flush()
+        messages, self._messages = self._messages, []
+        await Conversations(self.session).insert_messages(messages)
+        self.people.clear()
+
+    async def write(self, *, now: datetime) -> list[tuple[Message, int]]:
+        """Flush, then queue one outbox row per staged reply: (message, outbox id) pairs
+        in staging order."""
+        await self.flush()
+        staged, self._replies = self._replies, []
+        rows = []
+        for item in staged:
+            item.payload["meta"] = {"message_id": item.message.id, **item.payload["meta"]}
+            rows.append(
+                Outbox.row(
+                    channel=item.channel,
+                    payload=item.payload,
+                    now=now,
+                    conversation_id=item.conversation_id,
+                    message_id=item.message.id,
+                )
+            )
+        ids = await Outbox(self.session).insert_many(rows)
+        return [(item.message, row_id) for item, row_id in zip(staged, ids, strict=True)]
 
 
 async def enqueue_reply(
@@ -23,8 +146,9 @@ async def enqueue_reply(
     author_id: int | None = None,
     automatic: bool = True,
     external_id: str | None = None,
-) -> tuple[Message, OutboxRow]:
-    """Store ``reply`` in the conversation and queue it to the person's channel."""
+) -> tuple[Message, int]:
+    """Store ``reply`` in the conversation and queue it to the person's channel: the
+    message and its outbox row's id."""
     [written] = await enqueue_replies(
         session,
         conversation,
@@ -49,61 +173,18 @@ async def enqueue_replies(
     automatic: bool = True,
     external_id: str | None = None,
     after: Message | None = None,
-) -> list[tuple[Message, OutboxRow]]:
-    """Store ``replies`` and queue each to the person's channel, in order.
-
-    However many replies there are, this is two INSERTs (messages, then outbox rows that
-    carry the message ids). ``after`` is a built but unstored message that the replies
-    answer (the inbound one): it goes into the same INSERT, ahead of them.
-    """
-    conversations = Conversations(session)
-    messages = [
-        await conversations.add_message(
-            conversation,
-            direction="out",
-            author_kind=author_kind,
-            author_id=author_id,
-            text=reply.markdown,
-            kind=reply.kind,
-            now=now,
-            external_id=external_id,
-            meta={
-                "buttons": [{"label": b.label, "value": b.value} for b in reply.buttons],
-                "quick_replies": list(reply.quick_replies),
-                **reply.meta,
-            },
-            defer=True,
-        )
-        for reply in replies
-    ]
-    pending = [after, *messages] if after is not None else messages
-    for message in pending:
-        Conversations.touch(conversation, message)
-    session.add_all(pending)
-    await session.flush()
-    rows = [
-        Outbox.build(
-            channel=conversation.channel,
-            payload=Outbound(
-                channel=conversation.channel,
-                address=dict(conversation.reply_to),
-                markdown=reply.markdown,
-                buttons=reply.buttons,
-                quick_replies=reply.quick_replies,
-                subject=reply.subject,
-                automatic=automatic,
-                author=author_kind,
-                kind=reply.kind,
-                conversation_id=conversation.id,
-                ticket_number=reply.ticket_number,
-                meta={"message_id": message.id, **reply.meta},
-            ).to_json(),
-            now=now,
-            conversation_id=conversation.id,
-            message_id=message.id,
-        )
-        for reply, message in zip(replies, messages, strict=True)
-    ]
-    session.add_all(rows)
-    await session.flush()
-    return list(zip(messages, rows, strict=True))
+) -> list[tuple[Message, int]]:
+    """Store ``replies`` and queue each to the person's channel, in order: two INSERTs
+    (messages, then outbox rows), however many replies there are."""
+    staged = StagedReplies(session)
+    staged.stage(
+        conversation,
+        replies,
+        now=now,
+        author_kind=author_kind,
+        author_id=author_id,
+        automatic=automatic,
+        external_id=external_id,
+        after=after,
+    )
+    return await staged.write(now=now)

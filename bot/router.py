@@ -658,7 +658,6 @@ class DeskRouter:
             # "everyone is down" is an incident, not a how-to question
             return False
         result = self.kb.search(turn.text, limit=3)
-        feedback = KnowledgeFeedback(turn.session)
         best = result.best
         if result.decision == "answer" and best is not None:
             await self._kb_answer(
@@ -668,7 +667,7 @@ class DeskRouter:
         if result.decision == "suggest" and result.matches:
             options = [m.article for m in result.matches[:3]]
             for article in options:
-                await feedback.bump(article.id, "offered")
+                turn.article_feedback(article.id, "offered")
             self._set_flow(
                 turn, {"name": "kb_pick", "options": [a.id for a in options], "query": turn.text}
             )
@@ -679,7 +678,7 @@ class DeskRouter:
             )
             turn.routed("kb.suggest", "several close matches: " + ", ".join(a.id for a in options))
             return True
-        await feedback.refused(
+        KnowledgeFeedback(turn.session).refused(
             turn.text,
             now=turn.now,
             conversation_id=turn.conversation.id,
@@ -695,7 +694,7 @@ class DeskRouter:
         if article is None:
             await self._start_incident(turn)
             return
-        await KnowledgeFeedback(turn.session).bump(article.id, "offered")
+        turn.article_feedback(article.id, "offered")
         self._set_flow(turn, {"name": "kb_feedback", "article": article.id, "query": query})
         notes = dict(turn.conversation.notes or {})
         notes.setdefault("offered_articles", []).append(article.id)
@@ -719,7 +718,7 @@ class DeskRouter:
     async def _kb_helped(self, turn: Turn, article_id: str | None) -> None:
         self._clear_flow(turn)
         if article_id:
-            await KnowledgeFeedback(turn.session).bump(article_id, "accepted")
+            turn.article_feedback(article_id, "accepted")
         notes = dict(turn.conversation.notes or {})
         notes["deflected"] = int(notes.get("deflected", 0)) + 1
         turn.conversation.notes = notes
@@ -731,7 +730,7 @@ class DeskRouter:
         query = flow.get("query") or ""
         notes = dict(turn.conversation.notes or {})
         if article_id:
-            await KnowledgeFeedback(turn.session).bump(article_id, "rejected")
+            turn.article_feedback(article_id, "rejected")
             notes.setdefault("rejected_articles", []).append(article_id)
         turn.conversation.notes = notes
         self._clear_flow(turn)

@@ -44,6 +44,8 @@ class Turn:
     reason: str = ""
     after_commit: list[Any] = field(default_factory=list)
     escalation: str | None = None  # set when this turn queued the conversation for agents
+    feedback: list[tuple[str, str]] = field(default_factory=list)
+    """(article id, ``offered`` | ``accepted`` | ``rejected``): written with the turn."""
 
     @property
     def text(self) -> str:
@@ -71,6 +73,12 @@ class Turn:
                 meta=meta or {},
             )
         )
+
+    def article_feedback(self, article_id: str, outcome: str) -> None:
+        """Count a knowledge article as offered, accepted or rejected in this turn."""
+        if outcome not in ("offered", "accepted", "rejected"):
+            raise ValueError(f"unknown article feedback {outcome!r}")
+        self.feedback.append((article_id, outcome))
 
     def routed(self, route: str, reason: str) -> None:
         self.route = route

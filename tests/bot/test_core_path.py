@@ -114,17 +114,27 @@ async def test_references_thread_only_within_the_same_person(desk: Desk) -> None
 
 
 async def test_database_outage_is_a_transient_error(desk: Desk) -> None:
+    from contextlib import asynccontextmanager
+
     import pytest
     from sqlalchemy.exc import OperationalError
 
     from bot.errors import TransientError
 
-    async def broken(inbound):  # type: ignore[no-untyped-def]
-        raise OperationalError("INSERT", {}, ConnectionError("server closed the connection"))
+    @asynccontextmanager
+    async def unreachable():  # type: ignore[no-untyped-def]
+        raise OperationalError("BEGIN", {}, ConnectionError("server closed the connection"))
+        yield
 
-    desk.core.manager._handle_locked = broken  # type: ignore[method-assign]
+    desk.core.db.transaction = unreachable  # type: ignore[method-assign]
+    # alone, and in a round with others: each caller is told to retry later
     with pytest.raises(TransientError):
         await desk.core.manager.handle(desk.inbound("hi"))
+    outcomes = await asyncio.gather(
+        *(desk.core.manager.handle(desk.inbound("hi", user=f"u{i}")) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, TransientError) for outcome in outcomes)
 
 
 async def test_archive_claim_is_won_once_and_taken_over_when_stale(desk: Desk) -> None:

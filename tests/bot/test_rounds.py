@@ -1,0 +1,155 @@
+"""Rounds: messages that arrive together are handled in one transaction, each as if alone.
+
+Every test runs on SQLite and PostgreSQL. "Together" means queued while a round was
+being handled, which ``asyncio.gather`` of ``handle`` calls does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, func, select
+
+from bot.errors import RejectedInput
+from bot.turn import Turn
+from storage.models import InboundReceipt, Message, OutboxRow
+from tests.conftest import Desk, text_of
+
+
+@contextmanager
+def counting_transactions(desk: Desk) -> Iterator[list[int]]:
+    """Count the transactions begun on the desk's engine (``[count]``)."""
+    begun = [0]
+
+    def on_begin(_conn: object) -> None:
+        begun[0] += 1
+
+    engine = desk.core.db.engine.sync_engine
+    event.listen(engine, "begin", on_begin)
+    try:
+        yield begun
+    finally:
+        event.remove(engine, "begin", on_begin)
+
+
+async def _count(desk: Desk, model: type) -> int:
+    async with desk.core.db.read() as session:
+        return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_concurrent_visitors_share_one_transaction(desk: Desk) -> None:
+    for i in range(12):  # everyone has a conversation already
+        await desk.say("hi", user=f"v{i}")
+    with counting_transactions(desk) as begun:
+        results = await asyncio.gather(
+            *(desk.core.manager.handle(desk.inbound("thanks", user=f"v{i}")) for i in range(12))
+        )
+    assert begun[0] <= 2  # the first message alone, then the eleven queued behind it
+    assert len({r.conversation_id for r in results}) == 12
+    assert all(not r.duplicate and len(r.outbox_ids) == 1 for r in results)
+    replies = await desk.delivered()
+    assert [r.markdown for r in replies].count(
+        "You're welcome! Anything else I can help with?"
+    ) == 12
+
+
+async def test_a_thread_keeps_its_order_across_rounds(desk: Desk) -> None:
+    # queued together: the second answers the question the first one's reply asks
+    first, second = (
+        desk.inbound("reset my password"),
+        desk.inbound("my SSO account"),
+    )
+    one, two = await asyncio.gather(
+        desk.core.manager.handle(first), desk.core.manager.handle(second)
+    )
+    assert one.route == "request.password_reset" and two.route == "request.password_reset"
+    replies = await desk.delivered()
+    assert "Which account" in replies[0].markdown
+    assert "How can the desk reach you" in replies[1].markdown
+    async with desk.core.db.read() as session:
+        ids = list(
+            (
+                await session.execute(
+                    select(Message.id, Message.direction)
+                    .where(Message.conversation_id == one.conversation_id)
+                    .order_by(Message.id)
+                )
+            ).all()
+        )
+    assert [d for _, d in ids] == ["in", "out", "in", "out"]
+
+
+async def test_one_bad_message_does_not_hold_back_the_others(desk: Desk) -> None:
+    router = desk.core.manager.router
+    route = router.route
+
+    async def picky(turn: Turn) -> None:
+        if turn.text == "poison":
+            raise RejectedInput("that message cannot be handled")
+        await route(turn)
+
+    router.route = picky  # type: ignore[method-assign]
+    inbounds = [desk.inbound("thanks", user=f"p{i}") for i in range(5)]
+    inbounds.insert(2, desk.inbound("poison", user="bad"))
+    outcomes = await asyncio.gather(
+        *(desk.core.manager.handle(i) for i in inbounds), return_exceptions=True
+    )
+    assert isinstance(outcomes[2], RejectedInput)
+    assert all(not isinstance(o, BaseException) for i, o in enumerate(outcomes) if i != 2)
+    assert len(await desk.delivered()) == 5
+    # the failed round left nothing behind: each message once, the poison one not at all
+    assert await _count(desk, InboundReceipt) == 5
+    assert await _count(desk, Message) == 10
+    assert await _count(desk, OutboxRow) == 5
+
+
+async def test_repeats_in_one_batch_are_dropped_after_the_first(desk: Desk) -> None:
+    first = desk.inbound("thanks", user="rep")
+    again = desk.inbound("thanks", user="other", external_id=first.external_id)
+    outcomes = await asyncio.gather(
+        desk.core.manager.handle(first), desk.core.manager.handle(again)
+    )
+    assert [o.duplicate for o in outcomes] == [False, True]
+    assert len(await desk.delivered()) == 1
+
+
+async def test_a_caller_that_stops_waiting_before_its_round_leaves_it_unhandled(
+    desk: Desk,
+) -> None:
+    manager = desk.core.manager
+    slow = asyncio.Event()
+    route = manager.router.route
+
+    async def held(turn: Turn) -> None:
+        if turn.text == "hold":
+            await slow.wait()
+        await route(turn)
+
+    manager.router.route = held  # type: ignore[method-assign]
+    holding = asyncio.create_task(manager.handle(desk.inbound("hold", user="first")))
+    await asyncio.sleep(0.05)  # the first round is under way, waiting in the router
+    gave_up = asyncio.create_task(manager.handle(desk.inbound("thanks", user="impatient")))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    slow.set()
+    await holding
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    assert await _count(desk, InboundReceipt) == 1
+
+
+async def test_email_loop_cap_holds_when_mails_arrive_together(desk: Desk) -> None:
+    """R19 when the mails of one sender are fetched in one batch: later ones wait for the
+    next round, and every round counts the replies of those before it."""
+    desk.core.manager.loop_guard_channels.add(desk.channel.kind)
+    await desk.say("hi", user="looper")  # an existing person: the cap counts their replies
+    outcomes = await asyncio.gather(
+        *(desk.core.manager.handle(desk.inbound("thanks", user="looper")) for _ in range(15))
+    )
+    assert all(not o.duplicate for o in outcomes)
+    replies = await desk.delivered()
+    assert len(replies) == desk.core.manager.auto_reply_cap_per_hour - 1
+    assert "welcome" in text_of(replies)
