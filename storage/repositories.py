@@ -166,15 +166,15 @@ _CONVERSATION_BY_THREAD = select(Conversation).where(
     Conversation.channel == bindparam("channel"),
     Conversation.thread_key == bindparam("thread_key"),
 )
-_ACTIVE_OUTAGE = (
+_ACTIVE_OUTAGES = (
     select(Outage)
-    .where(Outage.service == bindparam("service"), Outage.status == "active")
+    .where(Outage.status == "active")
     .order_by(Outage.id.desc())
-    .limit(1)
     # nothing a turn changes decides an outage: flushing its pending conversation
     # changes here would cost an extra UPDATE before the one at the end of the turn
     .execution_options(autoflush=False)
 )
+_ACTIVE_OUTAGES_KEY = "deskbot.active_outages"
 
 # receipts are written with text statements and never loaded in the handling session:
 # there is nothing in it for the ORM to synchronise
@@ -1229,10 +1229,17 @@ class Subscriptions:
         return sorted(rows.scalars())
 
     async def active_outage(self, service: str) -> Outage | None:
-        """The active broadcast outage on a service, if any (what subscribers hear about)."""
-        return (
-            await self.session.execute(_ACTIVE_OUTAGE, {"service": service})
-        ).scalar_one_or_none()
+        """The active broadcast outage on a service, if any (what subscribers hear about).
+
+        The active outages (a handful at most) are read once per transaction, so the
+        turns of one round that name services share one query."""
+        active: dict[str, Outage] | None = self.session.info.get(_ACTIVE_OUTAGES_KEY)
+        if active is None:
+            active = {}
+            for outage in (await self.session.execute(_ACTIVE_OUTAGES)).scalars():
+                active.setdefault(outage.service, outage)  # the newest per service
+            self.session.info[_ACTIVE_OUTAGES_KEY] = active
+        return active.get(service)
 
     async def subscribers(self, service: str) -> list[int]:
         rows = await self.session.execute(
