@@ -164,6 +164,8 @@ THRESHOLDS: dict[str, float] = {
     "help": 88.0,
 }
 DEFAULT_THRESHOLD = 82.0
+SCORE_CUTOFF = min(DEFAULT_THRESHOLD, *THRESHOLDS.values())
+"""No intent matches below this score, so the scorers may stop early under it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,27 +176,78 @@ class IntentMatch:
     ticket_number: str | None = None
 
 
-def _scores(query: str, choices: list[str], choice_words: np.ndarray) -> np.ndarray:
+def _sorted_tokens(text: str) -> str:
+    """What ``token_sort_ratio`` compares: the words in sorted order, one space apart."""
+    return " ".join(sorted(text.split()))
+
+
+class _Examples:
+    """The example utterances prepared once for scoring (processed, and word-sorted)."""
+
+    def __init__(self, choices: list[str]) -> None:
+        self.choices = choices
+        self.sorted = [_sorted_tokens(c) for c in choices]
+        self.words = np.array([len(c.split()) for c in choices])
+        self._containing: dict[int, frozenset[int]] = {}
+        self._by_word: dict[str, set[int]] = {}
+        for i, choice in enumerate(choices):
+            for word in choice.split():
+                self._by_word.setdefault(word, set()).add(i)
+
+    def containing(self, query: str) -> list[int]:
+        """The examples ``query`` may contain (see _scores) that share a word with it.
+
+        With no word in common, ``token_set_ratio`` is ``token_sort_ratio``, which the
+        whole-message score already covers; those examples need no containment score.
+        """
+        words = query.split()
+        allowed = self._containing.get(len(words))
+        if allowed is None:
+            allowed = frozenset(
+                np.nonzero((self.words >= 2) & (len(words) <= self.words + 5))[0].tolist()
+            )
+            self._containing[len(words)] = allowed
+        shared: set[int] = set()
+        for word in set(words):
+            shared.update(self._by_word.get(word, ()))
+        return sorted(shared & allowed)
+
+
+def _scores(query: str, examples: _Examples) -> np.ndarray:
     """Every example's score for ``query``: whole-message similarity, or containment of a
     multi-word example in a short message.
 
     Containment (token_set) lets "I need access to the finance share" match "i need
     access to"; it only counts when the message is not much longer than the example, so a
     long problem description that happens to contain "any news" is not a status query.
-    Each scorer runs once over all examples in rapidfuzz's C code (``cdist``); only the
-    combination is done here, as array arithmetic.
+    Each scorer runs once over the examples in rapidfuzz's C code (``cdist``); only the
+    combination is done here, as array arithmetic. ``token_sort_ratio`` is ``ratio`` on
+    word-sorted strings, so the examples are sorted once, not on every call, and
+    containment is scored only on the examples where it counts and could change the
+    result. Scores under
+    :data:`SCORE_CUTOFF` come back as 0 (rapidfuzz skips most of their work): they could
+    not match any intent, and the best score and its example are the same as without it.
     """
 
-    def each(scorer: Any) -> np.ndarray:
-        return process.cdist([query], choices, scorer=scorer, dtype=np.float64)[0]
+    def each(text: str, choices: list[str], scorer: Any) -> np.ndarray:
+        return process.cdist(
+            [text], choices, scorer=scorer, dtype=np.float64, score_cutoff=SCORE_CUTOFF
+        )[0]
 
-    whole = np.maximum(each(fuzz.ratio), each(fuzz.token_sort_ratio))
-    query_words = len(query.split())
-    counts = (choice_words >= 2) & (query_words <= choice_words + 5)
-    if not counts.any():
+    whole = np.maximum(
+        each(query, examples.choices, fuzz.ratio),
+        each(_sorted_tokens(query), examples.sorted, fuzz.ratio),
+    )
+    index = examples.containing(query)
+    if not index:
         return whole
-    contained = each(fuzz.token_set_ratio) - 3 * np.maximum(0, query_words - choice_words - 2)
-    return np.where(counts, np.maximum(whole, contained), whole)
+    query_words = len(query.split())
+    choices = [examples.choices[i] for i in index]
+    contained = each(query, choices, fuzz.token_set_ratio) - 3 * np.maximum(
+        0, query_words - examples.words[index] - 2
+    )
+    whole[index] = np.maximum(whole[index], contained)
+    return whole
 
 
 def find_ticket_number(text: str) -> str | None:
@@ -215,13 +268,13 @@ class IntentMatcher:
             for phrase in phrases:
                 self._choices.append(utils.default_process(phrase))
                 self._labels.append(intent)
-        self._choice_words = np.array([len(c.split()) for c in self._choices])
+        self._examples = _Examples(self._choices)
 
     def match(self, text: str) -> IntentMatch | None:
         processed = utils.default_process(text)
         if not processed:
             return None
-        scores = _scores(processed, self._choices, self._choice_words)
+        scores = _scores(processed, self._examples)
         index = int(np.argmax(scores))  # the first of equal best scores, as before
         intent, score = self._labels[index], float(scores[index])
         if score < THRESHOLDS.get(intent, DEFAULT_THRESHOLD):
