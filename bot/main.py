@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -357,7 +357,24 @@ def run() -> None:
     settings = Settings()
     _setup_logging(settings.log_level)
     settings.ensure_secret_key()
-    asyncio.run(_serve(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        runner.run(_serve(settings))
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop ``deskbot run`` serves on: uvloop when installed (``auto``) or asked for,
+    else asyncio's own (``None``: the default)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise typer.BadParameter(
+                "DESKBOT_EVENT_LOOP=uvloop, but uvloop is not installed"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(settings: Settings) -> None:
@@ -371,7 +388,12 @@ async def _serve(settings: Settings) -> None:
     host = "127.0.0.1" if settings.http_host in ("", "0.0.0.0", "::") else settings.http_host
     url = f"http://{host}:{runtime.http.port}"
     shown = (settings.public_url or url).rstrip("/")
-    logger.info("deskbot.started url=%s channels=%s", url, ",".join(runtime.core.registry.kinds()))
+    logger.info(
+        "deskbot.started url=%s channels=%s loop=%s",
+        url,
+        ",".join(runtime.core.registry.kinds()),
+        "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
+    )
     typer.echo(f"deskbot is listening on {url}. Ctrl-C stops it.")
     for label, path in (
         ("demo page", "/"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,7 @@ class Settings(BaseSettings):
     catalog: Path = SAMPLE_CATALOG
     log_level: str = "INFO"
     timezone: str = "UTC"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # outbox
     outbox_max_attempts: int = 8

@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+import typer
 
-from bot.main import _setup_logging
+from bot.main import _setup_logging, event_loop_factory
 from tests.conftest import REPO_ROOT
 
 
@@ -30,11 +32,12 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path, loop: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.main", "run"],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=_env(tmp_path, DESKBOT_EVENT_LOOP=loop),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,6 +60,19 @@ def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     assert "deskbot stopped." in out
     secret = (tmp_path / "var" / "secret_key").read_text()
     assert secret not in out + err  # never logged
+    assert f"loop={loop}" in err
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    assert event_loop_factory("asyncio") is None
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop_factory("auto") is None
+    with pytest.raises(typer.BadParameter, match="not installed"):
+        event_loop_factory("uvloop")
 
 
 def test_chat_reads_piped_lines_and_prints_the_transcript(tmp_path: Path) -> None:
