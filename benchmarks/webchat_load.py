@@ -30,6 +30,11 @@ the most the server can answer, and the latency when it is that busy), then *pac
 (each visitor pauses so that the offered load is ``--paced-fraction`` of the measured
 saturation rate: the latency at a sustainable load).
 
+Both servers run on the event loop ``deskbot run`` uses (``--event-loop``, as
+``DESKBOT_EVENT_LOOP``; uvloop by default). Each phase reports the CPU the servers,
+PostgreSQL and the client spent in it per reply, read from /proc at the phase's start and
+end; the whole client run's CPU per message (sessions and warm-up included) follows.
+
 The three processes share the machine's cores; everything stops by itself (``--deadline``).
 """
 
@@ -186,6 +191,7 @@ class PhaseResult:
     errors: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    cpu_ms_per_reply: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -206,6 +212,7 @@ class PhaseResult:
             "p99_ms": pct(99),
             "max_ms": round(lat[-1], 1) if lat else float("nan"),
             "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
+            "cpu_ms_per_reply": self.cpu_ms_per_reply,
         }
 
 
@@ -279,8 +286,19 @@ async def open_visitors(bases: list[str], count: int, *, timeout: float) -> list
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+def _cpu_snapshot(server_pids: list[int]) -> tuple[float, float, float]:
+    """CPU seconds so far of the servers, of PostgreSQL and of this client."""
+    return sum(_cpu_of(pid) for pid in server_pids), _postgres_cpu(), time.process_time()
+
+
 async def run_phase(
-    visitors: list[Visitor], name: str, *, questions: int, think: float, timeout: float
+    visitors: list[Visitor],
+    name: str,
+    *,
+    questions: int,
+    think: float,
+    timeout: float,
+    server_pids: list[int] = (),  # type: ignore[assignment]
 ) -> PhaseResult:
     result = PhaseResult(name)
     start_gate = asyncio.Event()
@@ -304,10 +322,18 @@ async def run_phase(
                 await asyncio.sleep(rng.expovariate(1 / think))
 
     tasks = [asyncio.create_task(visitor_loop(v)) for v in visitors]
+    before = _cpu_snapshot(server_pids)
     started = time.perf_counter()
     start_gate.set()
     await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - started
+    after = _cpu_snapshot(server_pids)
+    if result.replies:
+        parts = ("server", "postgres", "client")
+        result.cpu_ms_per_reply = {
+            part: round((end - begin) * 1000 / result.replies, 2)
+            for part, begin, end in zip(parts, before, after, strict=True)
+        }
     return result
 
 
@@ -316,8 +342,14 @@ async def client_main(args: argparse.Namespace) -> None:
     # warm-up: one question per visitor, not measured (first-time person/conversation rows)
     await run_phase(visitors, "warm-up", questions=1, think=0, timeout=args.turn_timeout)
     phases = []
+    pids = [int(pid) for pid in args.server_pids.split(",") if pid]
     saturation = await run_phase(
-        visitors, "saturation", questions=args.questions, think=0, timeout=args.turn_timeout
+        visitors,
+        "saturation",
+        questions=args.questions,
+        think=0,
+        timeout=args.turn_timeout,
+        server_pids=pids,
     )
     phases.append(saturation.summary())
     rate = saturation.replies / saturation.seconds if saturation.seconds else 0.0
@@ -332,6 +364,7 @@ async def client_main(args: argparse.Namespace) -> None:
             questions=args.questions,
             think=think,
             timeout=args.turn_timeout,
+            server_pids=pids,
         )
         phases.append(paced.summary())
     for visitor in visitors:
@@ -432,6 +465,8 @@ def run_client(
         str(args.paced_fraction),
         "--turn-timeout",
         str(args.turn_timeout),
+        "--server-pids",
+        ",".join(str(s.proc.pid) for s in servers),
     ]
     remaining = max(10.0, deadline - time.monotonic())
     done = subprocess.run(command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT)
@@ -468,7 +503,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     results: dict[str, Any] = {}
     try:
-        echo = Child("--role", "echo")
+        echo = Child("--role", "echo", "--event-loop", args.event_loop)
         try:
             port = echo.port(30)
             results["echo"] = run_client([f"http://127.0.0.1:{port}"], args, deadline, [echo])
@@ -488,6 +523,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                             f"{PG_ADMIN}/{name}",
                             "--var-dir",
                             str(Path(var_dir) / f"node{n}"),
+                            "--event-loop",
+                            args.event_loop,
                             profile=profile if n == 0 else None,
                         )
                     )
@@ -504,7 +541,8 @@ def orchestrate(args: argparse.Namespace) -> None:
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\n{args.visitors} concurrent visitors, {args.questions} questions each, "
-        f"{args.nodes} deskbot node(s), {os.cpu_count()} CPUs shared by client and servers\n"
+        f"{args.nodes} deskbot node(s), {os.cpu_count()} CPUs shared by client and servers, "
+        f"event loop: {args.event_loop}\n"
     )
     print("| server | phase | replies | replies/s | p50 ms | p90 ms | p99 ms | max ms | errors |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -518,11 +556,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             )
     print()
     for server in ("echo", "deskbot"):
+        for phase in results.get(server, {}).get("phases", []):
+            cpu = phase.get("cpu_ms_per_reply")
+            if cpu:
+                print(
+                    f"{server}, {phase['phase']}: CPU per reply: server {cpu['server']} ms, "
+                    f"PostgreSQL {cpu['postgres']} ms, client {cpu['client']} ms"
+                )
         cpu = results.get(server, {}).get("cpu_ms_per_message")
         if cpu:
             print(
-                f"{server}: CPU per message: server {cpu['server']} ms, "
-                f"PostgreSQL {cpu['postgres']} ms, client {cpu['client']} ms"
+                f"{server}, whole client run (sessions, warm-up, phases): CPU per message: "
+                f"server {cpu['server']} ms, PostgreSQL {cpu['postgres']} ms, "
+                f"client {cpu['client']} ms"
             )
     print("\n" + json.dumps(results))
 
@@ -546,16 +592,28 @@ def main() -> None:
         help="deskbot server processes on the one database (visitors spread over them)",
     )
     parser.add_argument("--profile", help="write a cProfile of the first deskbot node here")
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="the servers' event loop, as DESKBOT_EVENT_LOOP (auto: uvloop when installed)",
+    )
     parser.add_argument("--role", choices=["orchestrate", "server", "echo", "client"])
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pids", default="", help=argparse.SUPPRESS)
     parser.add_argument("--var-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     role = args.role or "orchestrate"
-    if role == "server":
-        asyncio.run(serve_deskbot(args.database_url, Path(args.var_dir)))
-    elif role == "echo":
-        asyncio.run(serve_echo())
+    if role in ("server", "echo"):
+        from bot.main import event_loop_factory
+
+        # both servers on the event loop `deskbot run` serves on (DESKBOT_EVENT_LOOP)
+        with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
+            if role == "server":
+                runner.run(serve_deskbot(args.database_url, Path(args.var_dir)))
+            else:
+                runner.run(serve_echo())
     elif role == "client":
         asyncio.run(client_main(args))
     else:
