@@ -53,6 +53,9 @@ class WebChatChannel:
     """
 
     kind = CHANNEL
+    send_concurrency = 256
+    """Sends the outbox dispatcher may keep in flight (one conversation's go in order):
+    each waits for its notice to the other nodes, and waiting ones share one NOTIFY."""
 
     def __init__(
         self,
