@@ -125,6 +125,7 @@ def build_core(
         clock,
         events=events,
         on_enqueued=dispatcher.wake,
+        outbox=dispatcher,
         auto_reply_cap_per_hour=settings.auto_reply_cap_per_hour,
     )
     agents = AgentDesk(

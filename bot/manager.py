@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +37,7 @@ from bot import metrics
 from bot.clock import Clock
 from bot.errors import TransientError
 from bot.events import ConversationEvent, EventBus
+from bot.outbox import Handed
 from bot.outgoing import StagedReplies
 from bot.turn import Reply, Turn
 from bot.types import HandleResult, Inbound, Outbound
@@ -62,6 +63,15 @@ class Router(Protocol):
     """Decides how the bot answers one turn (see bot/router.py)."""
 
     async def route(self, turn: Turn) -> None: ...
+
+
+class OutboxHandoff(Protocol):
+    """The dispatcher, as far as the manager hands it the rows of a round's replies
+    (bot/outbox.py: inserted claimed, handed over after the commit, no claiming query)."""
+
+    def claim_on_insert(self, channel: str, now: datetime) -> dict[str, Any] | None: ...
+
+    def hand(self, rows: Sequence[Handed]) -> None: ...
 
 
 class AgentSurface(Protocol):
@@ -127,6 +137,7 @@ class ConversationManager:
         *,
         events: EventBus | None = None,
         on_enqueued: Callable[[], None] | None = None,
+        outbox: OutboxHandoff | None = None,
         surfaces: Sequence[AgentSurface] = (),
         loop_guard_channels: Sequence[str] = ("email",),
         auto_reply_cap_per_hour: int = 10,
@@ -137,6 +148,7 @@ class ConversationManager:
         self.clock = clock
         self.events = events or EventBus()
         self._on_enqueued = on_enqueued
+        self.outbox = outbox
         self.surfaces: list[AgentSurface] = list(surfaces)
         self.loop_guard_channels = set(loop_guard_channels)
         self.auto_reply_cap_per_hour = auto_reply_cap_per_hour
@@ -191,7 +203,7 @@ class ConversationManager:
 
     async def _handle_round(self, items: list[_Queued]) -> None:
         try:
-            results, events = await self._run_round([item.inbound for item in items])
+            results, events, handed = await self._run_round([item.inbound for item in items])
         except Exception as exc:
             if len(items) > 1:
                 logger.warning(
@@ -210,7 +222,8 @@ class ConversationManager:
             return
         metrics.ROUND_MESSAGES.observe(len(items))
         loop = asyncio.get_running_loop()
-        enqueued = False
+        handed_ids = {row.row_id for row in handed}
+        enqueued = False  # rows for the dispatcher to claim (the others are handed over)
         for item, result in zip(items, results, strict=True):
             outcome = "duplicate" if result.duplicate else (result.route or "handled")
             metrics.INBOUND.labels(item.inbound.channel, outcome.split(".")[0]).inc()
@@ -231,11 +244,13 @@ class ConversationManager:
                     result.route,
                     len(result.outbox_ids),
                 )
-            enqueued = enqueued or bool(result.outbox_ids)
+            enqueued = enqueued or any(row_id not in handed_ids for row_id in result.outbox_ids)
             if not item.future.done():
                 item.future.set_result(result)
         for event in events:
             self.events.publish(event)
+        if handed and self.outbox is not None:
+            self.outbox.hand(handed)
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()
 
@@ -280,7 +295,7 @@ class ConversationManager:
 
     async def _run_round(
         self, inbounds: list[Inbound]
-    ) -> tuple[list[HandleResult], list[ConversationEvent]]:
+    ) -> tuple[list[HandleResult], list[ConversationEvent], list[Handed]]:
         async with self.db.transaction() as session:
             now = self.clock.now()
             fresh = await Receipts(session).record_many(
@@ -300,7 +315,9 @@ class ConversationManager:
             handled: list[_Handled | None] = []
             for inbound, new in zip(inbounds, fresh, strict=True):
                 handled.append(await self._turn(state, inbound) if new else None)
-            written = await state.replies.write(now=now)
+            written = await state.replies.write(
+                now=now, claim=self.outbox.claim_on_insert if self.outbox is not None else None
+            )
             settle = [
                 {
                     "channel": h.inbound.channel,
@@ -327,7 +344,7 @@ class ConversationManager:
                     conversation_id=h.conversation.id,
                     message_id=h.message.id,
                     outbox_ids=tuple(
-                        [row.id for row in h.outbox_rows] + [row_id for _, row_id in replies]
+                        [row.id for row in h.outbox_rows] + [w.outbox_id for w in replies]
                     ),
                     kept_reason=h.kept_reason,
                     route=h.route,
@@ -342,12 +359,24 @@ class ConversationManager:
             )
             events.extend(
                 ConversationEvent(
-                    "message", h.conversation.id, {"message_id": message.id, "direction": "out"}
+                    "message", h.conversation.id, {"message_id": w.message.id, "direction": "out"}
                 )
-                for message, _ in replies
+                for w in replies
             )
             events.extend(h.after_commit)
-        return results, events
+        handed = [
+            Handed(
+                row_id=w.outbox_id,
+                channel=w.channel,
+                payload=w.payload,
+                conversation_id=w.conversation_id,
+                claimed_until=w.claim["claimed_until"],
+                started=w.claim["send_started_at"] is not None,
+            )
+            for w in written
+            if w.claim is not None
+        ]
+        return results, events, handed
 
     async def _turn(self, state: _Round, inbound: Inbound) -> _Handled:
         """One message of a round, after its receipt was found new."""

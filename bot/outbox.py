@@ -10,6 +10,14 @@ marked by us). A row whose lease ran out is recovered by whoever sweeps next:
   channel's history) → ``sent`` when found, else ``pending``;
 - started, channel cannot reconcile → ``ambiguous``: not resent, raised as an alert so an
   agent decides. This is the documented ambiguous window.
+
+Rows the conversation manager writes for a turn's replies skip the claim: they are
+inserted already claimed by this node (:meth:`OutboxDispatcher.claim_on_insert`) and
+handed over in memory after their commit (:meth:`OutboxDispatcher.hand`), so the reply
+goes out without a claiming transaction. For a channel that can reconcile they are also
+inserted stamped: its ambiguous window opens at the commit, and a crash before the send
+is resolved by reconciling (not found: sent once after the lease). Every other row is
+stamped just before its send, as a claimed one is.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, update
 
@@ -35,6 +45,21 @@ from storage.repositories import Alerts, Outbox
 logger = logging.getLogger(__name__)
 
 FaultHook = Callable[[str], None]
+
+# handed rows given back unsent (the dispatcher stopped before sending them)
+_RELEASE = (
+    update(OutboxRow)
+    .where(OutboxRow.id.in_(bindparam("ids", expanding=True)), OutboxRow.status == "sending")
+    .values(status="pending", claimed_until=None, send_started_at=None)
+    .execution_options(synchronize_session=False)
+)
+# the stamp that opens a batch's ambiguous window, for rows still in our claim
+_STAMP = (
+    update(OutboxRow)
+    .where(OutboxRow.id.in_(bindparam("ids", expanding=True)), OutboxRow.status == "sending")
+    .values(send_started_at=bindparam("started"), claimed_until=bindparam("until"))
+    .execution_options(synchronize_session=False)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +92,19 @@ class _TokenBucket:
                 self.tokens -= 1
                 return
             await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A row inserted with :meth:`OutboxDispatcher.claim_on_insert`, handed over after
+    its commit: what the dispatcher would otherwise have read back when claiming it."""
+
+    row_id: int
+    channel: str
+    payload: dict[str, Any]
+    conversation_id: int | None
+    claimed_until: datetime
+    started: bool
 
 
 @dataclass(slots=True)
@@ -103,6 +141,7 @@ class OutboxDispatcher:
         self._paused_until: dict[str, datetime] = {}
         self.idle = asyncio.Event()
         self._next_recovery: float | None = None
+        self._handed: deque[Handed] = deque()
 
     # lifecycle -------------------------------------------------------------------
 
@@ -119,6 +158,20 @@ class OutboxDispatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self._release_handed()
+
+    async def _release_handed(self) -> None:
+        """Give back the handed rows not sent yet, so that any node may claim them now
+        instead of after their lease (a stop between a commit and its send)."""
+        ids = [item.row_id for item in self._handed]
+        self._handed.clear()
+        if not ids:
+            return
+        try:
+            async with self.db.transaction() as session:
+                await session.execute(_RELEASE, {"ids": ids})
+        except Exception:  # their lease runs out and whoever sweeps next takes them
+            logger.exception("outbox.release.failed rows=%d", len(ids))
 
     def _crashed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -127,6 +180,28 @@ class OutboxDispatcher:
     def wake(self) -> None:
         """Called after a commit that enqueued rows: deliver now, not at the next poll."""
         self._wake.set()
+
+    def claim_on_insert(self, channel: str, now: datetime) -> dict[str, Any] | None:
+        """Column values for a new row this node sends itself once the inserting
+        transaction commits (then :meth:`hand` it over): claimed under a lease, and
+        stamped as started when the channel can reconcile (see the module docstring).
+        None while this dispatcher is not serving: the row is left for any node to claim.
+        """
+        if self._task is None or self._task.done():
+            return None
+        started = isinstance(self.registry.get(channel), Reconciling)
+        return {
+            "status": "sending",
+            "claimed_until": now + timedelta(seconds=self.policy.lease_seconds),
+            "send_started_at": now if started else None,
+        }
+
+    def hand(self, rows: Sequence[Handed]) -> None:
+        """Rows inserted with :meth:`claim_on_insert` whose transaction committed: sent in
+        the next sweep, before anything is claimed."""
+        if rows:
+            self._handed.extend(rows)
+            self._wake.set()
 
     async def _serve(self) -> None:
         while True:
@@ -141,7 +216,7 @@ class OutboxDispatcher:
             # a full batch may have left due rows behind, and a wake during the sweep
             # means new rows; after a partial batch nothing was due at the claim, so
             # claiming again at once would be an empty transaction per batch
-            if processed >= self.policy.batch_size or self._wake.is_set():
+            if processed >= self.policy.batch_size or self._wake.is_set() or self._handed:
                 continue
             self.idle.set()
             try:
@@ -153,34 +228,40 @@ class OutboxDispatcher:
     # one sweep ---------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Recover stale claims, then claim and deliver one batch; rows processed."""
+        """Recover stale claims, then deliver one batch (the rows handed over, else the
+        due rows claimed); rows processed."""
         now = self.clock.now()
         loop_now = asyncio.get_running_loop().time()
         if self._next_recovery is None or loop_now >= self._next_recovery:
             # a lease only runs out after lease_seconds: looking more often is wasted work
             await self.recover_stale(now)
             self._next_recovery = loop_now + min(5.0, self.policy.lease_seconds / 4)
-        paused = [kind for kind, until in self._paused_until.items() if until > now]
         lease = timedelta(seconds=self.policy.lease_seconds)
-        async with self.db.transaction() as session:
-            rows = await Outbox(session).claim_due(
-                now, lease=lease, limit=self.policy.batch_size, skip_channels=paused
-            )
-            claimed = [
-                (row.id, row.channel, row.attempts, dict(row.payload), row.conversation_id)
-                for row in rows
-            ]
+        handed = self._take_handed(now)
+        if handed:
+            claimed = [(h.row_id, h.channel, 0, h.payload, h.conversation_id) for h in handed]
+            unstamped = [h.row_id for h in handed if not h.started]
+        else:
+            paused = [kind for kind, until in self._paused_until.items() if until > now]
+            async with self.db.transaction() as session:
+                rows = await Outbox(session).claim_due(
+                    now, lease=lease, limit=self.policy.batch_size, skip_channels=paused
+                )
+                claimed = [
+                    (row.id, row.channel, row.attempts, dict(row.payload), row.conversation_id)
+                    for row in rows
+                ]
+            unstamped = [row_id for row_id, *_ in claimed]
         if not claimed:
             return 0
         self._fault_point("claimed")
-        ids = [row_id for row_id, *_ in claimed]
-        async with self.db.transaction() as session:
-            started = self.clock.now()
-            await session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id.in_(ids), OutboxRow.status == "sending")
-                .values(send_started_at=started, claimed_until=started + lease)
-            )
+        if unstamped:
+            async with self.db.transaction() as session:
+                started = self.clock.now()
+                await session.execute(
+                    _STAMP,
+                    {"ids": unstamped, "started": started, "until": started + lease},
+                )
         self._fault_point("before_send")
         by_channel: dict[str, list[tuple[int, int, Outbound]]] = {}
         for row_id, channel, attempts, payload, _ in claimed:
@@ -197,6 +278,18 @@ class OutboxDispatcher:
             {row_id: conversation for row_id, _, _, _, conversation in claimed},
         )
         return len(claimed)
+
+    def _take_handed(self, now: datetime) -> list[Handed]:
+        """Up to a batch of handed rows whose claim still holds (a row left waiting past
+        its lease is another sweep's to recover, not ours to send)."""
+        taken: list[Handed] = []
+        while self._handed and len(taken) < self.policy.batch_size:
+            item = self._handed.popleft()
+            if item.claimed_until > now:
+                taken.append(item)
+            else:
+                logger.warning("outbox.handed.expired outbox_id=%s", item.row_id)
+        return taken
 
     async def _send_channel(
         self, kind: str, items: list[tuple[int, int, Outbound]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,19 @@ class _Staged:
     payload: dict[str, Any]
     conversation_id: int
     channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenReply:
+    """A staged reply once written: its message and its outbox row."""
+
+    message: Message
+    outbox_id: int
+    channel: str
+    payload: dict[str, Any]
+    conversation_id: int
+    claim: dict[str, Any] | None
+    """The row's claim columns when it was inserted claimed (``write(claim=…)``)."""
 
 
 class StagedReplies:
@@ -115,25 +128,47 @@ class StagedReplies:
         await Conversations(self.session).insert_messages(messages)
         self.people.clear()
 
-    async def write(self, *, now: datetime) -> list[tuple[Message, int]]:
-        """Flush, then queue one outbox row per staged reply: (message, outbox id) pairs
-        in staging order."""
+    async def write(
+        self,
+        *,
+        now: datetime,
+        claim: Callable[[str, datetime], dict[str, Any] | None] | None = None,
+    ) -> list[WrittenReply]:
+        """Flush, then queue one outbox row per staged reply, in staging order.
+
+        With ``claim`` (the dispatcher's ``claim_on_insert``) a row goes in claimed when
+        it returns its claim columns, for the dispatcher to be handed after the commit
+        instead of claiming it."""
         await self.flush()
         staged, self._replies = self._replies, []
         rows = []
+        claims: list[dict[str, Any] | None] = []
         for item in staged:
             item.payload["meta"] = {"message_id": item.message.id, **item.payload["meta"]}
-            rows.append(
-                Outbox.row(
-                    channel=item.channel,
-                    payload=item.payload,
-                    now=now,
-                    conversation_id=item.conversation_id,
-                    message_id=item.message.id,
-                )
+            row = Outbox.row(
+                channel=item.channel,
+                payload=item.payload,
+                now=now,
+                conversation_id=item.conversation_id,
+                message_id=item.message.id,
             )
+            claimed = claim(item.channel, now) if claim is not None else None
+            if claimed is not None:
+                row.update(claimed)
+            claims.append(claimed)
+            rows.append(row)
         ids = await Outbox(self.session).insert_many(rows)
-        return [(item.message, row_id) for item, row_id in zip(staged, ids, strict=True)]
+        return [
+            WrittenReply(
+                message=item.message,
+                outbox_id=row_id,
+                channel=item.channel,
+                payload=item.payload,
+                conversation_id=item.conversation_id,
+                claim=claimed,
+            )
+            for item, row_id, claimed in zip(staged, ids, claims, strict=True)
+        ]
 
 
 async def enqueue_reply(
@@ -187,4 +222,4 @@ async def enqueue_replies(
         external_id=external_id,
         after=after,
     )
-    return await staged.write(now=now)
+    return [(w.message, w.outbox_id) for w in await staged.write(now=now)]

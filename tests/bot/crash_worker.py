@@ -1,7 +1,8 @@
 """A deskbot process the crash test kills with SIGKILL at a chosen point (R48).
 
-Usage: crash_worker.py DB_URL SINK_FILE MODE [KILL_AT] [--reconcile]
-MODE "first": handle one inbound and deliver, dying at KILL_AT.
+Usage: crash_worker.py DB_URL SINK_FILE MODE [KILL_AT] [--reconcile] [--serve]
+MODE "first": handle one inbound and deliver, dying at KILL_AT; with --serve the
+dispatcher is serving, so the manager hands it the reply (else ``drain`` claims it).
 MODE "restart": come back later (past every lease) and deliver what is due.
 """
 
@@ -68,6 +69,7 @@ async def main(argv: list[str]) -> None:
     url, sink, mode = argv[0], Path(argv[1]), argv[2]
     kill_at = argv[3] if len(argv) > 3 and not argv[3].startswith("--") else None
     reconcile = "--reconcile" in argv
+    serve = "--serve" in argv
 
     def fault(point: str) -> None:
         if point == kill_at:
@@ -93,7 +95,9 @@ async def main(argv: list[str]) -> None:
     core.registry.add(channel)
     if mode == "first":
         await upgrade(database)
-        await core.manager.handle(
+        if serve:
+            await core.dispatcher.start()
+        result = await core.manager.handle(
             Inbound(
                 channel="file",
                 external_id="crash-1",
@@ -103,6 +107,11 @@ async def main(argv: list[str]) -> None:
                 reply_to={"to": "u1"},
             )
         )
+        if serve:  # handed over: the serving dispatcher sends it (and is killed on the way)
+            # the caller resumes before the dispatcher does: the row is still in its hands
+            assert [h.row_id for h in core.dispatcher._handed] == list(result.outbox_ids)
+            await asyncio.sleep(30)
+            raise SystemExit("the dispatcher never reached the kill point")
     await core.dispatcher.drain()
     await database.dispose()
 

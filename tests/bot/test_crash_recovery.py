@@ -1,6 +1,9 @@
 """R48 in miniature: kill -9 between commit and delivery, and between delivery and the
 delivered mark; restart; every reply is delivered, none twice, and the one ambiguous
-window (sent, not yet marked, on a channel that cannot reconcile) is flagged."""
+window (sent, not yet marked, on a channel that cannot reconcile) is flagged.
+
+Both ways a reply reaches the dispatcher are covered: claimed from the outbox (a
+``drain``), and handed over by the manager after its commit (a serving dispatcher)."""
 
 from __future__ import annotations
 
@@ -48,11 +51,15 @@ def _lines(sink: Path) -> list[str]:
     return sink.read_text().splitlines() if sink.exists() else []
 
 
+@pytest.mark.parametrize("serve", [False, True], ids=["claimed", "handed"])
 @pytest.mark.parametrize(
     ("kill_at", "reconcile", "lines", "status"),
     [
         # committed, claimed, never started: delivered once after restart
         ("claimed", False, 1, "sent"),
+        # committed and claimed (handed over: stamped already), not sent: reconciled,
+        # not found, sent once after restart
+        ("claimed", True, 1, "sent"),
         # delivered, not marked, channel can reconcile: found, marked, not resent
         ("after_send", True, 1, "sent"),
         # started, not sent, channel can reconcile: not found, sent once after restart
@@ -63,12 +70,12 @@ def _lines(sink: Path) -> list[str]:
     ],
 )
 async def test_kill_9_and_restart(
-    tmp_path: Path, kill_at: str, reconcile: bool, lines: int, status: str
+    tmp_path: Path, kill_at: str, reconcile: bool, lines: int, status: str, serve: bool
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'crash.sqlite3'}"
     sink = tmp_path / "delivered.txt"
     flag = ["--reconcile"] if reconcile else []
-    assert _run(url, sink, "first", kill_at, *flag) == -9
+    assert _run(url, sink, "first", kill_at, *flag, *(["--serve"] if serve else [])) == -9
     assert _run(url, sink, "restart", *flag) == 0
     assert _run(url, sink, "restart", *flag) == 0  # a second restart changes nothing
     rows, alerts = await _rows(url)

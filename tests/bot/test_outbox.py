@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bot.errors import PermanentError, RateLimited
-from bot.types import Delivery, Outbound
+from bot.outbox import Handed
+from bot.types import Delivery, Inbound, Outbound, Sender
 from storage.models import Alert, OutboxRow
 from tests.conftest import Desk
 
@@ -228,3 +233,172 @@ async def test_running_dispatcher_delivers_woken_rows_and_polls_for_the_rest(des
                 await asyncio.sleep(0.005)
     finally:
         await desk.core.dispatcher.stop()
+
+
+# handed over: a turn's replies go in claimed and are sent without a claiming query ----------
+
+
+class Reconciles(Flaky):
+    kind = "reconciles"
+
+    async def reconcile(self, outbound: Outbound) -> Delivery | None:
+        return None
+
+
+class Gated(Flaky):
+    """Sends only once the test opens the gate."""
+
+    kind = "gated"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, outbound: Outbound) -> Delivery:
+        await self.gate.wait()
+        return await super().send(outbound)
+
+
+@contextmanager
+def outbox_updates(desk: Desk) -> Iterator[list[str]]:
+    """The UPDATE statements run on the outbox table meanwhile."""
+    seen: list[str] = []
+
+    def record(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+            seen.append(" ".join(statement.split()))
+
+    engine = desk.core.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _ask(desk: Desk, channel: str, *users: str) -> list[int]:
+    """Each user says "thanks" on ``channel`` at once; the outbox ids of the replies."""
+    results = await asyncio.gather(
+        *(
+            desk.core.manager.handle(
+                Inbound(
+                    channel=channel,
+                    external_id=f"{channel}-{user}",
+                    sender=Sender(external_id=user),
+                    text="thanks",
+                    thread_key=f"{channel}:{user}",
+                )
+            )
+            for user in users
+        )
+    )
+    return [row_id for result in results for row_id in result.outbox_ids]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _is_claim(statement: str) -> bool:
+    return "SET status=" in statement.replace(" = ", "=") and "SELECT" in statement
+
+
+def _is_stamp(statement: str) -> bool:
+    return "send_started_at=" in statement.replace(" = ", "=") and "status=" not in statement
+
+
+async def test_a_serving_dispatcher_sends_the_replies_handed_over_without_claiming(
+    desk: Desk,
+) -> None:
+    plain, reconciling = Flaky(), Reconciles()
+    desk.core.registry.add(plain)
+    desk.core.registry.add(reconciling)
+    dispatcher = desk.core.dispatcher
+    dispatcher.policy = dataclasses.replace(dispatcher.policy, poll_seconds=60)
+    await dispatcher.start()
+    await _until(dispatcher.idle.is_set)  # its first sweep is over; the next in a minute
+    try:
+        with outbox_updates(desk) as updates:
+            ids = await _ask(desk, "flaky", "ann", "bob") + await _ask(desk, "reconciles", "cy")
+            await _until(lambda: len(plain.sent) == 2 and len(reconciling.sent) == 1)
+    finally:
+        await desk.core.dispatcher.stop()
+    assert not any(_is_claim(u) for u in updates)
+    # only the rows of the channel that cannot reconcile are stamped before the send
+    assert len([u for u in updates if _is_stamp(u)]) == 1
+    for row_id in ids:
+        row = await _row(desk, row_id)
+        assert (row.status, row.attempts, row.claimed_until) == ("sent", 1, None)
+
+
+async def test_handed_rows_go_in_claimed_and_stamped_when_the_channel_reconciles(
+    desk: Desk,
+) -> None:
+    for channel in (Gated(), Reconciles()):
+        desk.core.registry.add(channel)
+    gated = desk.core.registry.get("gated")
+    assert isinstance(gated, Gated)
+    dispatcher = desk.core.dispatcher
+    dispatcher.hand = lambda rows: None  # type: ignore[method-assign]  # kept from it
+    await dispatcher.start()
+    try:
+        [plain_id] = await _ask(desk, "gated", "dee")
+        [reconciled_id] = await _ask(desk, "reconciles", "eve")
+    finally:
+        await dispatcher.stop()
+    plain, reconciled = await _row(desk, plain_id), await _row(desk, reconciled_id)
+    assert (plain.status, plain.send_started_at) == ("sending", None)
+    assert reconciled.status == "sending" and reconciled.send_started_at is not None
+    assert plain.claimed_until is not None and reconciled.claimed_until is not None
+
+
+async def test_a_stopped_dispatcher_leaves_new_rows_for_any_node(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    [row_id] = await _ask(desk, "flaky", "fay")  # no dispatcher serving here
+    row = await _row(desk, row_id)
+    assert (row.status, row.claimed_until) == ("pending", None)
+    await desk.core.dispatcher.drain()
+    assert (await _row(desk, row_id)).status == "sent"
+
+
+async def test_stopping_gives_back_the_handed_rows_not_sent_yet(desk: Desk) -> None:
+    gated = Gated()
+    desk.core.registry.add(gated)
+    dispatcher = desk.core.dispatcher
+    dispatcher.policy = dataclasses.replace(dispatcher.policy, batch_size=1)
+    await dispatcher.start()
+    try:
+        ids = await _ask(desk, "gated", "gil", "hal")
+        await asyncio.sleep(0.1)  # the first is being sent (held at the gate)
+    finally:
+        await dispatcher.stop()  # cancels that send; the second was never taken
+    first, second = await _row(desk, ids[0]), await _row(desk, ids[1])
+    assert first.status == "sending"  # cut off mid-send: its lease decides
+    assert (second.status, second.claimed_until) == ("pending", None)
+    gated.gate.set()
+    await dispatcher.drain()
+    assert (await _row(desk, ids[1])).status == "sent"
+
+
+async def test_a_handed_row_past_its_lease_is_left_to_recovery(desk: Desk) -> None:
+    flaky = Flaky()
+    desk.core.registry.add(flaky)
+    dispatcher = desk.core.dispatcher
+    held: list[Handed] = []
+    dispatcher.hand = held.extend  # type: ignore[method-assign]
+    await dispatcher.start()
+    try:
+        [row_id] = await _ask(desk, "flaky", "ivy")
+    finally:
+        await dispatcher.stop()
+    del dispatcher.hand  # type: ignore[method-assign]
+    desk.clock.advance(seconds=dispatcher.policy.lease_seconds + 1)
+    dispatcher.hand(held)
+    assert await dispatcher.run_once() == 0  # not sent from memory: its claim ran out
+    assert await dispatcher.recover_stale(desk.clock.now()) == 1  # never started: pending
+    await dispatcher.drain()
+    assert (await _row(desk, row_id)).status == "sent"
+    assert len(flaky.sent) == 1
