@@ -118,6 +118,14 @@ class WebChatChannel:
         delivered = await self._push(visitor, outbound)
         return Delivery(platform_id=platform_id, meta={"live": delivered})
 
+    async def reconcile(self, outbound: Outbound) -> Delivery | None:
+        """Always "not delivered, send it": a row a crash left in its ambiguous window is
+        pushed again. That is harmless here: the message is in the history already, and
+        the widget shows a message id once, so a visitor who got the first push drops
+        the second. (Being reconcilable, a reply handed to the dispatcher right after
+        its commit needs no separate stamping transaction: bot/outbox.py.)"""
+        return None
+
     async def _push(self, visitor: str, outbound: Outbound) -> int:
         """Send one message's frame to the visitor's sockets on this node."""
         sinks = list(self._sockets.get(visitor, ()))

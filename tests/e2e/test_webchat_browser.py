@@ -207,6 +207,31 @@ async def test_widget_reconnects_and_sends_what_was_typed_offline(
             messages = await Conversations(session).messages(conversations[0].id)
         inbound = [m.text for m in messages if m.direction == "in"]
         assert inbound == ["hello, anyone there?"]
+
+        # recovery after a crash pushes a reply again (web chat "reconciles" by resending):
+        # the visitor sees it once; a new message pushed after it shows as usual
+        from sqlalchemy import select
+
+        from bot.types import Outbound
+        from storage.models import OutboxRow
+
+        async with core.db.read() as session:
+            rows = await session.execute(select(OutboxRow).order_by(OutboxRow.id))
+            row = rows.scalars().first()
+        assert row is not None and row.status == "sent"
+        webchat = core.registry.get("webchat")
+        assert webchat is not None
+        again = Outbound.from_json(row.payload, outbox_id=row.id)
+        assert await webchat.reconcile(again) is None  # type: ignore[attr-defined]
+        shown = await _bot_messages(page)
+        await webchat.send(again)
+        sentinel = Outbound.from_json(
+            {**row.payload, "markdown": "a later message", "meta": {"message_id": -1}},
+            outbox_id=row.id + 1000,
+        )
+        await webchat.send(sentinel)
+        await log.locator(".dkb-bot", has_text="a later message").wait_for(timeout=TIMEOUT_MS)
+        assert await _bot_messages(page) == shown + 1
     finally:
         await core.dispatcher.stop()
         await server.stop()
