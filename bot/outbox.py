@@ -36,7 +36,7 @@ from sqlalchemy import bindparam, update
 from bot.clock import Clock
 from bot.errors import ConfigError, PermanentError, RateLimited, TransientError
 from bot.events import ConversationEvent, EventBus
-from bot.ports import Channel, ChannelRegistry, Reconciling
+from bot.ports import Channel, ChannelRegistry, Reconciling, SendsInBatches
 from bot.types import Delivery, Outbound
 from storage.db import Database
 from storage.models import OutboxRow
@@ -301,6 +301,12 @@ class OutboxDispatcher:
         always go one after the other, in the order they were queued.
         """
         channel = self.registry.get(kind)
+        if (
+            isinstance(channel, SendsInBatches)
+            and len(items) > 1
+            and not getattr(channel, "rate_per_second", None)
+        ):
+            return await self._send_batch(kind, channel, items)
         concurrency = max(1, int(getattr(channel, "send_concurrency", 1) or 1))
         if concurrency == 1 or len(items) == 1:
             return [await self._send_one(kind, channel, item) for item in items]
@@ -317,6 +323,47 @@ class OutboxDispatcher:
 
         await asyncio.gather(*(lane(queue) for queue in lanes.values()))
         return [outcomes[row_id] for row_id, _, _ in items]
+
+    async def _send_batch(
+        self, kind: str, channel: SendsInBatches, items: list[tuple[int, int, Outbound]]
+    ) -> list[_Outcome]:
+        """One ``send_batch`` call for a channel's share of a batch, its results and
+        errors read as :meth:`_send_one` reads a single send's."""
+        paused = self._paused_until.get(kind)
+        if paused is not None and paused > self.clock.now():
+            wait = (paused - self.clock.now()).total_seconds()
+            return [
+                _Outcome(row_id, error=RateLimited("channel paused", retry_after=wait))
+                for row_id, _, _ in items
+            ]
+        try:
+            async with asyncio.timeout(self.policy.send_timeout):
+                results = await channel.send_batch([outbound for _, _, outbound in items])
+            if len(results) != len(items):
+                raise TransientError(f"{len(results)} results for {len(items)} messages")
+        except Exception as exc:
+            results = [exc] * len(items)
+        outcomes = []
+        for (row_id, _, _), result in zip(items, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes.append(_Outcome(row_id, error=self._read_error(kind, row_id, result)))
+            else:
+                outcomes.append(_Outcome(row_id, delivery=result))
+        return outcomes
+
+    def _read_error(self, kind: str, row_id: int, exc: Exception) -> Exception:
+        """What a failed send means for its row (a rate limit also pauses the channel)."""
+        if isinstance(exc, RateLimited):
+            wait = exc.retry_after if exc.retry_after is not None else 1.0
+            self._paused_until[kind] = self.clock.now() + timedelta(seconds=wait)
+            logger.warning("outbox.rate_limited channel=%s retry_after=%.1f", kind, wait)
+            return exc
+        if isinstance(exc, TimeoutError):
+            return TransientError("send timed out")
+        if isinstance(exc, TransientError | PermanentError | ConfigError):
+            return exc
+        logger.error("outbox.send.crashed channel=%s outbox_id=%s", kind, row_id, exc_info=exc)
+        return TransientError(repr(exc))
 
     async def _send_one(
         self, kind: str, channel: Channel | None, item: tuple[int, int, Outbound]
@@ -342,18 +389,8 @@ class OutboxDispatcher:
                 timeout=self.policy.send_timeout,
             )
             return _Outcome(row_id, delivery=delivery)
-        except RateLimited as exc:
-            wait = exc.retry_after if exc.retry_after is not None else 1.0
-            self._paused_until[kind] = self.clock.now() + timedelta(seconds=wait)
-            logger.warning("outbox.rate_limited channel=%s retry_after=%.1f", kind, wait)
-            return _Outcome(row_id, error=exc)
-        except TimeoutError:
-            return _Outcome(row_id, error=TransientError("send timed out"))
-        except (TransientError, PermanentError, ConfigError) as exc:
-            return _Outcome(row_id, error=exc)
         except Exception as exc:
-            logger.exception("outbox.send.crashed channel=%s outbox_id=%s", kind, row_id)
-            return _Outcome(row_id, error=TransientError(repr(exc)))
+            return _Outcome(row_id, error=self._read_error(kind, row_id, exc))
 
     def _bucket(self, kind: str, channel: object) -> _TokenBucket | None:
         rate = getattr(channel, "rate_per_second", None)

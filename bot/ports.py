@@ -6,7 +6,7 @@ core may not import ``channels``; ``channels/base.py`` re-exports it for adapter
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from bot.types import Delivery, HandleResult, Inbound, Outbound
@@ -42,6 +42,19 @@ class Reconciling(Protocol):
     """
 
     async def reconcile(self, outbound: Outbound) -> Delivery | None: ...
+
+
+@runtime_checkable
+class SendsInBatches(Protocol):
+    """A channel that delivers several outbound messages more cheaply together than one
+    by one (web chat tells the other nodes about a whole batch in one notice).
+
+    ``send_batch`` returns, for each message in order, its :class:`Delivery` or the
+    exception that send would have raised; the messages of one conversation keep their
+    order. The dispatcher uses it for channels without a rate limit.
+    """
+
+    async def send_batch(self, outbounds: Sequence[Outbound]) -> list[Delivery | Exception]: ...
 
 
 class ChannelRegistry:

@@ -1,12 +1,13 @@
 """The web chat channel: live WebSocket connections per visitor, and ``send`` to them.
 
 A visitor's sockets live on the node they connected to; the outbox dispatcher of any
-node may send the reply. ``send`` therefore first tells the other nodes (a
-``webchat.outbound`` event with the outbox id and the visitor key, through the event
-bus's cluster link), then pushes the frame to the sockets held here. A node that holds
-one of the visitor's sockets reads the outbound message from the database by its outbox
-id and pushes the same frame. Each open socket gets each reply once; the widget also
-drops a frame whose message id it has already shown.
+node may send the reply. ``send_batch`` (the dispatcher hands it a batch's web chat
+rows) therefore first tells the other nodes (one ``webchat.outbound`` event naming up to
+``ANNOUNCE_CHUNK`` outbox ids with their visitor keys, through the event bus's cluster
+link), then pushes the frames to the sockets held here. A node that holds one of those
+visitors' sockets reads the outbound messages from the database by their outbox ids and
+pushes the same frames. Each open socket gets each reply once; the widget also drops a
+frame whose message id it has already shown.
 
 What "sent" means for a web chat outbox row: the message is in the conversation's
 history (it was committed with the outbox row), it was pushed to the sockets of this node,
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 PEER_OUTBOUND = "webchat.outbound"
 """The event by which a node tells the others to push an outbound message to a visitor."""
 
+ANNOUNCE_CHUNK = 100
+"""Sends named in one notice to the other nodes (an id and a visitor key each: well
+under PostgreSQL's 8000-byte payload limit)."""
+
 OutboundLoader = Callable[[Sequence[int]], Awaitable[dict[int, Outbound]]]
 """Reads queued outbound messages by outbox id (``ConversationReader.outbound``)."""
 
@@ -53,9 +58,6 @@ class WebChatChannel:
     """
 
     kind = CHANNEL
-    send_concurrency = 256
-    """Sends the outbox dispatcher may keep in flight (one conversation's go in order):
-    each waits for its notice to the other nodes, and waiting ones share one NOTIFY."""
 
     def __init__(
         self,
@@ -103,20 +105,34 @@ class WebChatChannel:
         return len(self._sockets.get(visitor, ()))
 
     async def send(self, outbound: Outbound) -> Delivery:
-        visitor = str(outbound.address.get("visitor") or "")
-        platform_id = f"webchat-{outbound.outbox_id}"
-        if self._events is not None and outbound.outbox_id is not None:
-            # before our own sockets: when the others cannot be told, this raises and the
-            # dispatcher retries the row, and no socket has the frame twice
-            await self._events.announce(
-                ConversationEvent(
-                    PEER_OUTBOUND,
-                    outbound.conversation_id,
-                    {"outbox_id": outbound.outbox_id, "visitor": visitor},
+        [result] = await self.send_batch([outbound])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def send_batch(self, outbounds: Sequence[Outbound]) -> list[Delivery | Exception]:
+        """Tell the other nodes about every message (one notice per ``ANNOUNCE_CHUNK``),
+        then push each to the sockets held here, in order.
+
+        The notice goes first: when the others cannot be told, this raises, the
+        dispatcher retries the rows, and no socket has a frame twice."""
+        sends = [
+            (outbound.outbox_id, str(outbound.address.get("visitor") or ""))
+            for outbound in outbounds
+        ]
+        if self._events is not None:
+            announced = [[outbox_id, visitor] for outbox_id, visitor in sends if outbox_id]
+            for start in range(0, len(announced), ANNOUNCE_CHUNK):
+                await self._events.announce(
+                    ConversationEvent(
+                        PEER_OUTBOUND, None, {"sends": announced[start : start + ANNOUNCE_CHUNK]}
+                    )
                 )
-            )
-        delivered = await self._push(visitor, outbound)
-        return Delivery(platform_id=platform_id, meta={"live": delivered})
+        results: list[Delivery | Exception] = []
+        for outbound, (outbox_id, visitor) in zip(outbounds, sends, strict=True):
+            delivered = await self._push(visitor, outbound)
+            results.append(Delivery(platform_id=f"webchat-{outbox_id}", meta={"live": delivered}))
+        return results
 
     async def reconcile(self, outbound: Outbound) -> Delivery | None:
         """Always "not delivered, send it": a row a crash left in its ambiguous window is
@@ -177,15 +193,18 @@ class WebChatChannel:
                 await self._resync_sockets()
                 wanted.clear()  # the history read after a resync has them all
                 continue
-            visitor = str(event.data.get("visitor") or "")
-            outbox_id = event.data.get("outbox_id")
-            if (
-                event.origin is None
-                or not isinstance(outbox_id, int)
-                or not self.connected(visitor)
-            ):
+            if event.origin is None:
                 continue
-            wanted.append((outbox_id, visitor))
+            sends = event.data.get("sends")
+            if not isinstance(sends, list):
+                logger.warning("webchat.peers.unreadable_notice")
+                continue
+            for entry in sends:
+                if not (isinstance(entry, list) and len(entry) == 2):
+                    continue
+                outbox_id, visitor = entry[0], str(entry[1] or "")
+                if isinstance(outbox_id, int) and self.connected(visitor):
+                    wanted.append((outbox_id, visitor))
         if not wanted or self._load_outbound is None:
             return
         loaded = await self._load_outbound([outbox_id for outbox_id, _ in wanted])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -402,3 +402,76 @@ async def test_a_handed_row_past_its_lease_is_left_to_recovery(desk: Desk) -> No
     await dispatcher.drain()
     assert (await _row(desk, row_id)).status == "sent"
     assert len(flaky.sent) == 1
+
+
+# channels that send in batches ----------------------------------------------------------
+
+
+class Batches(Flaky):
+    """Sends a batch in one call; an error queued for a message's text is its result."""
+
+    kind = "batches"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+        self.failing: dict[str, Exception] = {}
+
+    async def send_batch(self, outbounds: Sequence[Outbound]) -> list[Delivery | Exception]:
+        self.calls.append([o.markdown for o in outbounds])
+        if self.errors:
+            raise self.errors.pop(0)
+        results: list[Delivery | Exception] = []
+        for outbound in outbounds:
+            failure = self.failing.get(outbound.markdown)
+            if failure is not None:
+                results.append(failure)
+            else:
+                self.sent.append(outbound)
+                results.append(Delivery(platform_id=f"b-{outbound.outbox_id}"))
+        return results
+
+
+async def _enqueue_text(desk: Desk, text: str, channel: str = "batches") -> int:
+    from storage.repositories import Outbox
+
+    async with desk.core.db.transaction() as session:
+        row = await Outbox(session).enqueue(
+            channel=channel,
+            payload=Outbound(channel=channel, address={"to": "x"}, markdown=text).to_json(),
+            now=desk.clock.now(),
+        )
+        return row.id
+
+
+async def test_a_batching_channel_gets_one_call_and_each_row_its_own_result(desk: Desk) -> None:
+    batches = Batches()
+    desk.core.registry.add(batches)
+    batches.failing = {"two": ConnectionError("reset"), "three": PermanentError("550 no")}
+    ids = [await _enqueue_text(desk, text) for text in ("one", "two", "three", "four")]
+    await desk.core.dispatcher.run_once()
+    assert batches.calls == [["one", "two", "three", "four"]]
+    rows = [await _row(desk, row_id) for row_id in ids]
+    assert [(r.status, r.attempts) for r in rows] == [
+        ("sent", 1),
+        ("pending", 1),  # transient: retried later
+        ("failed", 1),  # permanent: given up visibly
+        ("sent", 1),
+    ]
+    assert rows[0].platform_id == f"b-{ids[0]}"
+
+
+async def test_a_batch_that_raises_fails_every_row_the_same_way(desk: Desk) -> None:
+    batches = Batches()
+    desk.core.registry.add(batches)
+    batches.errors = [RateLimited("429", retry_after=5)]
+    ids = [await _enqueue_text(desk, text) for text in ("a", "b")]
+    await desk.core.dispatcher.run_once()
+    rows = [await _row(desk, row_id) for row_id in ids]
+    assert all((r.status, r.attempts) == ("pending", 0) for r in rows)  # no attempt spent
+    desk.clock.advance(seconds=3)
+    assert await desk.core.dispatcher.run_once() == 0  # the channel is paused
+    desk.clock.advance(seconds=3)
+    await desk.core.dispatcher.run_once()
+    assert [o.markdown for o in batches.sent] == ["a", "b"]
+    assert len(batches.calls) == 2

@@ -9,6 +9,7 @@ dispatcher (A's is stopped) or made by an agent on node B's console.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 
 from bot.main import Runtime
 from channels.webchat import WebChatChannel
+from channels.webchat.channel import PEER_OUTBOUND
 from knowledge import KnowledgeBase
 from storage.db import Database
 from storage.models import OutboxRow
@@ -160,6 +162,35 @@ async def test_replies_sent_by_another_nodes_dispatcher_reach_the_socket_once(
     answer = _messages(frames)[0]
     assert answer["author"] == "bot" and "vpn" in answer["markdown"].lower()
     assert answer["message_id"] is not None  # what the widget deduplicates by
+
+
+async def test_a_batch_of_replies_crosses_over_in_one_notice(nodes: tuple[Node, Node]) -> None:
+    """Several visitors on A ask at once; B's dispatcher sends all the replies, telling
+    A about each batch in one notice, and every visitor gets its answer once."""
+    a, b = nodes
+    sessions = [await a.web.session() for _ in range(4)]
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(a.web.connect(s["visitor"], s["token"]))
+            for s in sessions
+        ]
+        for ws in sockets:
+            await next_frame(ws, kind="hello")
+        async with a.runtime.core.events.subscribe(cluster=True, kinds=[PEER_OUTBOUND]) as heard:
+            await asyncio.gather(
+                *(_say(ws, f"q{i}", "how do I connect to the vpn") for i, ws in enumerate(sockets))
+            )
+            rows = await _settled(b)
+            notices = []
+            while len(sum((n.data["sends"] for n in notices), [])) < len(rows):
+                notices.append(await asyncio.wait_for(heard.get(), WAIT))
+        named = sorted(entry[0] for n in notices for entry in n.data["sends"])
+        assert named == [row.id for row in rows]  # each reply named once
+        assert len(notices) < len(rows)  # in batches, not one notice per reply
+        for ws in sockets:  # "did this help?" is each turn's last frame
+            await frames_until(
+                ws, lambda f: "Did this help?" in f.get("markdown", ""), timeout=WAIT
+            )
 
 
 async def _agent_on_b_visitor_on_a(a: Node, b: Node) -> tuple[Any, dict[str, Any]]:
