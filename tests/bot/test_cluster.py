@@ -177,3 +177,30 @@ async def test_the_link_exists_on_postgresql_only(
     finally:
         await on_pg.db.dispose()
         await on_sqlite.db.dispose()
+
+
+async def test_events_of_one_loop_turn_travel_together_in_order(
+    nodes: tuple[ClusterEvents, ClusterEvents], pg_database_url: str
+) -> None:
+    a, b = nodes
+    seen: list[str] = []
+    listener = await asyncpg.connect(asyncpg_dsn(pg_database_url))
+    await listener.add_listener(CHANNEL, lambda *args: seen.append(args[-1]))
+    try:
+        async with b.bus.subscribe(cluster=True) as on_b:
+            for i in range(300):  # about 12 KB of events: more than one notification holds
+                a.bus.publish(ConversationEvent("message", i, {"message_id": 1000 + i}))
+            got = [await _next(on_b) for _ in range(300)]
+            b.bus.publish(ConversationEvent("state", 0, {}))  # a barrier on the raw listener
+            async with asyncio.timeout(WAIT):
+                while not any(json.loads(p)["n"] == b.bus.node_id for p in seen):
+                    await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    assert [(e.conversation_id, e.data["message_id"]) for e in got] == [
+        (i, 1000 + i) for i in range(300)
+    ]
+    from_a = [json.loads(p) for p in seen if json.loads(p)["n"] == a.bus.node_id]
+    assert 2 <= len(from_a) <= 4  # packed, each under the payload limit
+    assert all(len(p.encode()) < 8000 for p in seen)
+    assert [body["s"] for body in from_a] == sorted(body["s"] for body in from_a)
