@@ -341,7 +341,7 @@ class AgentDesk:
                 if seen is not None:
                     return seen.id
             if private:
-                message = await Conversations(session).add_message(
+                note = await Conversations(session).add_message(
                     conversation,
                     direction="out",
                     author_kind="agent",
@@ -353,8 +353,9 @@ class AgentDesk:
                     external_id=external_id,
                 )
                 await self._log_ticket(session, conversation, "note", agent, now, public=False)
+                message_id = note.id
             else:
-                message, _ = await enqueue_reply(
+                reply, _ = await enqueue_reply(
                     session,
                     conversation,
                     Reply(text),
@@ -369,7 +370,8 @@ class AgentDesk:
                     if ticket is not None and ticket.first_response_at is None:
                         ticket.first_response_at = now
                     await self._log_ticket(session, conversation, "agent_reply", agent, now)
-            message_id = message.id
+                assert reply.id is not None
+                message_id = reply.id
         self._publish(conversation_id, "message", {"message_id": message_id, "private": private})
         return message_id
 

@@ -43,11 +43,12 @@ from bot.turn import Reply, Turn
 from bot.types import HandleResult, Inbound, Outbound
 from storage.db import Database
 from storage.locks import AdvisoryLocks
-from storage.models import Conversation, Message, OutboxRow, Person
+from storage.models import Conversation, OutboxRow, Person
 from storage.repositories import (
     Alerts,
     Conversations,
     KnowledgeFeedback,
+    MessageRow,
     Outbox,
     People,
     Receipts,
@@ -87,7 +88,11 @@ class AgentSurface(Protocol):
     ) -> list[Outbound]: ...
 
     async def relay(
-        self, session: AsyncSession, conversation: Conversation, person: Person, message: Message
+        self,
+        session: AsyncSession,
+        conversation: Conversation,
+        person: Person,
+        message: MessageRow,
     ) -> list[Outbound]: ...
 
 
@@ -104,7 +109,7 @@ class _Handled:
 
     inbound: Inbound
     conversation: Conversation
-    message: Message
+    message: MessageRow
     route: str
     state: str  # the conversation's state for the inbound message's event
     kept_reason: str | None = None
@@ -410,8 +415,8 @@ class ConversationManager:
         if conversation.state in AGENT_STATES:
             # the surfaces name the message by its id: it is inserted now, after what
             # this round staged so far
+            state.replies.stage_message(conversation, message)
             await state.replies.flush()
-            await Conversations(session).store(message, conversation)
             return _Handled(
                 inbound,
                 conversation,
@@ -448,8 +453,8 @@ class ConversationManager:
         )
         if turn.escalation is not None:
             # the agents' card shows the transcript: this message must be in it
+            state.replies.stage_message(conversation, message)
             await state.replies.flush()
-            await Conversations(session).store(message, conversation)
             for surface in self.surfaces:
                 for outbound in await surface.escalated(
                     session, conversation, person, turn.escalation
@@ -554,7 +559,7 @@ class ConversationManager:
         session: AsyncSession,
         conversation: Conversation,
         person: Person,
-        message: Message,
+        message: MessageRow,
         now: datetime,
     ) -> list[OutboxRow]:
         rows: list[OutboxRow] = []

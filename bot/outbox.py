@@ -142,6 +142,7 @@ class OutboxDispatcher:
         self.idle = asyncio.Event()
         self._next_recovery: float | None = None
         self._handed: deque[Handed] = deque()
+        self._reconciles: dict[str, bool] = {}
 
     # lifecycle -------------------------------------------------------------------
 
@@ -189,7 +190,11 @@ class OutboxDispatcher:
         """
         if self._task is None or self._task.done():
             return None
-        started = isinstance(self.registry.get(channel), Reconciling)
+        started = self._reconciles.get(channel)
+        if started is None:  # a Protocol isinstance is slow: asked once per channel
+            started = self._reconciles[channel] = isinstance(
+                self.registry.get(channel), Reconciling
+            )
         return {
             "status": "sending",
             "claimed_until": now + timedelta(seconds=self.policy.lease_seconds),

@@ -11,13 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.turn import Reply
 from bot.types import Outbound
-from storage.models import Conversation, Message
-from storage.repositories import Conversations, Outbox
+from storage.models import Conversation
+from storage.repositories import Conversations, MessageRow, Outbox
 
 
 @dataclass(slots=True)
 class _Staged:
-    message: Message
+    message: MessageRow
     payload: dict[str, Any]
     conversation_id: int
     channel: str
@@ -27,7 +27,7 @@ class _Staged:
 class WrittenReply:
     """A staged reply once written: its message and its outbox row."""
 
-    message: Message
+    message: MessageRow
     outbox_id: int
     channel: str
     payload: dict[str, Any]
@@ -48,12 +48,12 @@ class StagedReplies:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._messages: list[Message] = []  # built, not yet inserted
+        self._messages: list[MessageRow] = []  # built, not yet inserted
         self._replies: list[_Staged] = []  # outbox rows to queue at write()
         self.people: set[int] = set()
         """Who has staged replies not yet inserted (the email loop guard counts them)."""
 
-    def stage_message(self, conversation: Conversation, message: Message) -> None:
+    def stage_message(self, conversation: Conversation, message: MessageRow) -> None:
         """Stage a message that needs no reply (stored, not answered)."""
         Conversations.touch(conversation, message)
         self._messages.append(message)
@@ -68,7 +68,7 @@ class StagedReplies:
         author_id: int | None = None,
         automatic: bool = True,
         external_id: str | None = None,
-        after: Message | None = None,
+        after: MessageRow | None = None,
     ) -> list[int]:
         """Stage ``replies`` in ``conversation``; their positions in :meth:`write`'s result.
 
@@ -181,7 +181,7 @@ async def enqueue_reply(
     author_id: int | None = None,
     automatic: bool = True,
     external_id: str | None = None,
-) -> tuple[Message, int]:
+) -> tuple[MessageRow, int]:
     """Store ``reply`` in the conversation and queue it to the person's channel: the
     message and its outbox row's id."""
     [written] = await enqueue_replies(
@@ -207,8 +207,8 @@ async def enqueue_replies(
     author_id: int | None = None,
     automatic: bool = True,
     external_id: str | None = None,
-    after: Message | None = None,
-) -> list[tuple[Message, int]]:
+    after: MessageRow | None = None,
+) -> list[tuple[MessageRow, int]]:
     """Store ``replies`` and queue each to the person's channel, in order: two INSERTs
     (messages, then outbox rows), however many replies there are."""
     staged = StagedReplies(session)

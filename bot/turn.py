@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.types import Button, Inbound
-from storage.models import Conversation, Message, Person
+from storage.models import Conversation, Person
+from storage.repositories import MessageRow
 
 
 @dataclass(slots=True)
@@ -37,7 +38,7 @@ class Turn:
     inbound: Inbound
     person: Person
     conversation: Conversation
-    message: Message
+    message: MessageRow
     now: datetime
     replies: list[Reply] = field(default_factory=list)
     route: str = "unrouted"
