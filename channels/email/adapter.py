@@ -366,14 +366,40 @@ class EmailChannel:
         done: dict[int, str] = {}  # uid → external id of what the core has taken
         failed: list[tuple[int, str]] = []
         systemic: _Systemic | None = None
+        uidvalidity = connection.uidvalidity or 0
+        parsed: list[tuple[FetchedMail, Inbound]] = []
         for mail in fetched:
             try:
-                outcome = await self._ingest(connection, mail, done)
-            except _Systemic as exc:
-                systemic = exc
-                break
-            if outcome:
-                failed.append((mail.uid, outcome))
+                parsed.append((mail, await self._convert(mail, uidvalidity)))
+            except Exception as exc:
+                reason = self._failed(uidvalidity, mail.uid, "parse", exc)
+                if reason:
+                    failed.append((mail.uid, reason))
+        # handed to the core together: it handles them in rounds (one transaction for
+        # many mails), each sender's in the order they arrived
+        outcomes = await asyncio.gather(
+            *(self.handle(inbound) for _, inbound in parsed), return_exceptions=True
+        )
+        for (mail, inbound), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled, or the process is stopping
+            if isinstance(outcome, TransientError | OSError | TimeoutError):
+                # the core is unavailable: not this message's fault, do not count it
+                systemic = _Systemic(f"core unavailable: {type(outcome).__name__}: {outcome}")
+                continue
+            if isinstance(outcome, Exception):
+                reason = self._failed(uidvalidity, mail.uid, "handle", outcome)
+                if reason:
+                    failed.append((mail.uid, reason))
+                continue
+            done[mail.uid] = inbound.external_id
+            logger.info(
+                "email.inbound.%s uid=%s kind=%s conversation=%s",
+                "duplicate" if outcome.duplicate else "handled",
+                mail.uid,
+                inbound.kind,
+                outcome.conversation_id,
+            )
         # move what the core has committed before giving up on the session; a mail
         # another poller claimed to move is left to it
         if done and self.imap.processed_folder:
@@ -385,7 +411,7 @@ class EmailChannel:
                 await connection.move(to_move, self.imap.processed_folder)
         for uid in done:
             self._retry_at.pop(uid, None)
-            self._failures.pop((connection.uidvalidity or 0, uid), None)
+            self._failures.pop((uidvalidity, uid), None)
         for uid, reason in failed:
             await self._quarantine(connection, [uid], reason)
         if systemic is not None:
@@ -394,35 +420,6 @@ class EmailChannel:
         # a UID that vanished between listing and fetch was taken by another poller
         fetched_uids = {mail.uid for mail in fetched}
         self._advance([uid for uid in uids if uid not in fetched_uids])
-
-    async def _ingest(
-        self, connection: ImapConnection, mail: FetchedMail, done: dict[int, str]
-    ) -> str | None:
-        """None when the core took it (then ``done`` maps its uid to its external id); a
-        reason when it must be quarantined; "" to retry."""
-        uidvalidity = connection.uidvalidity or 0
-        try:
-            inbound = await self._convert(mail, uidvalidity)
-        except Exception as exc:
-            return self._failed(uidvalidity, mail.uid, "parse", exc)
-        try:
-            result = await self.handle(inbound)
-        except asyncio.CancelledError:
-            raise
-        except (TransientError, OSError, TimeoutError) as exc:
-            # the core is unavailable: not this message's fault, do not count it
-            raise _Systemic(f"core unavailable: {type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            return self._failed(uidvalidity, mail.uid, "handle", exc)
-        done[mail.uid] = inbound.external_id
-        logger.info(
-            "email.inbound.%s uid=%s kind=%s conversation=%s",
-            "duplicate" if result.duplicate else "handled",
-            mail.uid,
-            inbound.kind,
-            result.conversation_id,
-        )
-        return None
 
     async def _convert(self, mail: FetchedMail, uidvalidity: int) -> Inbound:
         def work() -> Inbound:

@@ -37,11 +37,16 @@ class Node:
     core: Core
     channel: EmailChannel
     results: list[HandleResult] = field(default_factory=list)
-    stall_after: int | None = None  # after this many results, handling hangs
+    stall_after: int | None = None  # the mails after this many hang, never handled
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
 
     async def handle(self, inbound: Inbound) -> HandleResult:
-        if self.stall_after is not None and len(self.results) >= self.stall_after:
+        self.calls += 1
+        if self.stall_after is not None and self.calls > self.stall_after:
+            # a batch's mails come in together: hang once the ones before are handled
+            while len(self.results) < self.stall_after:
+                await asyncio.sleep(0.01)
             self.stalled.set()
             await asyncio.Event().wait()  # until the node is stopped
         result = await self.core.manager.handle(inbound)
