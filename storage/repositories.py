@@ -1341,10 +1341,14 @@ class Alerts:
         await self.session.flush()
         return alert
 
-    async def recent(self, *, kind: str | None = None, limit: int = 50) -> list[Alert]:
+    async def recent(
+        self, *, kind: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[Alert]:
         stmt = select(Alert)
         if kind:
             stmt = stmt.where(Alert.kind == kind)
+        if since is not None:
+            stmt = stmt.where(Alert.at >= since)
         rows = await self.session.execute(stmt.order_by(Alert.id.desc()).limit(limit))
         return list(rows.scalars())
 

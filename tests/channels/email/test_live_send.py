@@ -148,6 +148,33 @@ async def test_r19_two_autoresponders_are_capped_and_the_lead_alerted(
     assert "mail_loop" in [a.kind for a in alerts]
 
 
+async def test_r19_a_burst_from_one_responder_in_one_fetch_is_capped(
+    email_desk: EmailDesk,
+) -> None:
+    """The mails of one fetch reach the core together; one sender's still come one round
+    after another, and each round counts the replies before it."""
+    desk = email_desk
+    desk.core.manager.auto_reply_cap_per_hour = 3
+    await desk.deliver(
+        *(
+            mail(
+                f"Subject: Re: your request {n}",
+                f"Thank you for your message number {n}. We will get back to you.",
+                sender="robot@vendor.test",
+                message_id=f"burst-{n}",
+            )
+            for n in range(8)
+        )
+    )
+    await desk.start()
+    await desk.wait_results(8)
+    await desk.flush()
+    async with desk.core.db.read() as session:
+        alerts = list((await session.execute(select(Alert))).scalars())
+    assert len(desk.smtp.handler.received) == 3
+    assert [a.kind for a in alerts] == ["mail_loop"]
+
+
 async def test_r20_dsn_is_attached_marks_the_address_and_is_not_answered(
     email_desk: EmailDesk,
 ) -> None:
