@@ -167,26 +167,6 @@ async def insert_entity(
     return (await session.execute(stmt, values)).scalar_one_or_none()
 
 
-@functools.cache
-def _receipts_insert(columns: tuple[str, ...], count: int) -> TextualSelect:
-    """One multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` for a receipt and its
-    ``count - 1`` aliases (one statement instead of one per id); ``external_id`` is bound
-    per row as ``external_id_<n>``, every other column once for all rows."""
-    table: Any = InboundReceipt.__table__
-
-    def bind(column: str, row: int) -> str:
-        return f":external_id_{row}" if column == "external_id" else f":{column}"
-
-    rows = ", ".join("(" + ", ".join(bind(c, i) for c in columns) + ")" for i in range(count))
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {rows} "
-        "ON CONFLICT (channel, external_id) DO NOTHING RETURNING id, external_id"
-    )
-    binds = [bindparam(c, type_=table.c[c].type) for c in columns if c != "external_id"]
-    binds += [bindparam(f"external_id_{i}", type_=table.c.external_id.type) for i in range(count)]
-    return text(sql).bindparams(*binds).columns(table.c.id, table.c.external_id)
-
-
 # Queries run for nearly every inbound message, built once: a statement built per call
 # costs its construction and its cache key again each time (a large share of a message's
 # CPU); these reuse both.
@@ -391,33 +371,7 @@ class Receipts:
 
         The receipt and its aliases go in as one multi-row INSERT: when the receipt itself
         is new but an alias was seen before, the receipt is marked ``duplicate``."""
-        ids = [external_id, *alt_ids]
-        given = {"channel": channel, "external_id": external_id, "received_at": now}
-        values = {**_defaults(InboundReceipt.__table__, given), **given}
-        params = {c: v for c, v in values.items() if c != "external_id"}
-        params.update({f"external_id_{i}": value for i, value in enumerate(ids)})
-        stmt = _receipts_insert(tuple(values), len(ids))
-        inserted = (await self.session.execute(stmt, params)).all()
-        new_id = next((row.id for row in inserted if row.external_id == external_id), None)
-        if new_id is None:
-            if inserted:
-                # a repeat that brought an alias not seen before: aliases are recorded
-                # only with a new receipt, so take back the rows this statement added
-                # (uncommitted, so nobody else has seen them)
-                await self.session.execute(
-                    delete(InboundReceipt).where(
-                        InboundReceipt.id.in_([row.id for row in inserted])
-                    )
-                )
-            return False
-        # every alias must have been new (a repeated id counts as seen, as it always did)
-        fresh = len(inserted) == len(ids)
-        if not fresh:
-            await self.session.execute(
-                update(InboundReceipt)
-                .where(InboundReceipt.id == new_id)
-                .values(status="duplicate", reason="already received under another id")
-            )
+        [fresh] = await self.record_many([(channel, external_id, alt_ids)], now=now)
         return fresh
 
     async def record_many(
