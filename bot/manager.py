@@ -130,6 +130,8 @@ class _Round:
     threads: dict[tuple[str, str], Conversation]
     replies: StagedReplies
     feedback: dict[str, dict[str, int]] = field(default_factory=dict)
+    created: set[int] = field(default_factory=set)  # people this round created
+    opened: set[tuple[str, str]] = field(default_factory=set)  # threads it opened
 
 
 class ConversationManager:
@@ -336,6 +338,7 @@ class ConversationManager:
                 threads = await conversations.by_threads(channel, [i.thread_key for i in group])
                 known_threads.update(((channel, key), c) for key, c in threads.items())
             state = _Round(session, now, known_people, known_threads, StagedReplies(session))
+            await self._first_timers(state, live)
             handled: list[_Handled | None] = []
             for inbound, new in zip(inbounds, fresh, strict=True):
                 handled.append(await self._turn(state, inbound) if new else None)
@@ -494,51 +497,83 @@ class ConversationManager:
         )
         return handled
 
-    async def _resolve_person(self, state: _Round, inbound: Inbound) -> tuple[Person, bool]:
-        """The sender's person, and whether this transaction created it."""
+    async def _first_timers(self, state: _Round, inbounds: list[Inbound]) -> None:
+        """People, identities and conversations for the senders this round sees for the
+        first time (no identity yet): three statements for the whole round, not three
+        for each (a fetch of mail from new senders, a wave of new web chat visitors)."""
+        first = [i for i in inbounds if (i.channel, i.sender.external_id) not in state.people]
+        if not first:
+            return
         people = People(state.session)
-        sender = inbound.sender
-        verified_email = sender.email.lower() if sender.email and sender.email_verified else None
-        person = state.people.get((inbound.channel, sender.external_id))
-        if person is not None:
-            if (
-                verified_email
-                and person.email is None
-                and await people.by_email(verified_email) is None
-            ):
-                person.email = verified_email
-            if sender.display_name and not person.display_name:
-                person.display_name = sender.display_name
-            return person, False
-        now = state.now
-        if verified_email:
-            person, created = await people.open_by_email(
-                verified_email, display_name=sender.display_name, now=now
-            )
-        else:
-            person, created = await people.create(display_name=sender.display_name, now=now), True
-        owner = await people.link_identity(
-            person.id,
-            channel=inbound.channel,
-            external_id=sender.external_id,
-            display_name=sender.display_name,
-            email=verified_email,
-            verified=verified_email is not None,
-            now=now,
+        opened = await people.open_many(
+            [(_verified_email(i), i.sender.display_name) for i in first], now=state.now
         )
-        if owner != person.id:  # lost a race with a concurrent first message
-            winner = await people.get(owner)
-            assert winner is not None
-            person, created = winner, False
-        state.people[(inbound.channel, sender.external_id)] = person
-        return person, created
+        owners = await people.link_identities(
+            [
+                {
+                    "person_id": person.id,
+                    "channel": inbound.channel,
+                    "external_id": inbound.sender.external_id,
+                    "display_name": inbound.sender.display_name,
+                    "email": _verified_email(inbound),
+                    "verified": _verified_email(inbound) is not None,
+                }
+                for inbound, (person, _) in zip(first, opened, strict=True)
+            ],
+            now=state.now,
+        )
+        threads: list[dict[str, Any]] = []
+        for inbound, (person, created) in zip(first, opened, strict=True):
+            owner = owners[(inbound.channel, inbound.sender.external_id)]
+            if owner != person.id:  # lost a race with a concurrent first message
+                winner = await people.get(owner)
+                assert winner is not None
+                person, created = winner, False
+            state.people[(inbound.channel, inbound.sender.external_id)] = person
+            if created:
+                state.created.add(person.id)
+                # nothing earlier can be a new person's: their thread is opened now
+                if (inbound.channel, inbound.thread_key) not in state.threads:
+                    threads.append(
+                        {
+                            "person_id": person.id,
+                            "channel": inbound.channel,
+                            "thread_key": inbound.thread_key,
+                            "reply_to": dict(inbound.reply_to),
+                        }
+                    )
+        if threads:
+            opened_threads = await Conversations(state.session).open_many(threads, now=state.now)
+            state.threads.update(opened_threads)
+            state.opened.update(opened_threads)
+
+    async def _resolve_person(self, state: _Round, inbound: Inbound) -> tuple[Person, bool]:
+        """The sender's person (known, or made by :meth:`_first_timers`), and whether this
+        transaction created it."""
+        person = state.people[(inbound.channel, inbound.sender.external_id)]
+        if person.id in state.created:
+            return person, True
+        sender = inbound.sender
+        verified_email = _verified_email(inbound)
+        if (
+            verified_email
+            and person.email is None
+            and await People(state.session).by_email(verified_email) is None
+        ):
+            person.email = verified_email
+        if sender.display_name and not person.display_name:
+            person.display_name = sender.display_name
+        return person, False
 
     async def _find_conversation(
         self, state: _Round, inbound: Inbound, person: Person
     ) -> Conversation:
         conversations = Conversations(state.session)
         conversation = None
-        if inbound.thread_key.startswith("conversation:"):
+        key = (inbound.channel, inbound.thread_key)
+        if person.id in state.created:  # no earlier conversation or ticket can be theirs
+            conversation = state.threads.get(key)
+        elif inbound.thread_key.startswith("conversation:"):
             # a channel-verified reference to one of our conversations (a signed email
             # reply token); it counts only for the same person on the same channel
             ref = inbound.thread_key.partition(":")[2]
@@ -551,12 +586,12 @@ class ConversationManager:
                 ):
                     conversation = candidate
         if conversation is None:
-            conversation = state.threads.get((inbound.channel, inbound.thread_key))
-        if conversation is None and inbound.references:
+            conversation = state.threads.get(key)
+        if conversation is None and inbound.references and person.id not in state.created:
             conversation = await conversations.by_reference(
                 inbound.channel, inbound.references, person.id
             )
-        if conversation is None and inbound.ticket_hint:
+        if conversation is None and inbound.ticket_hint and person.id not in state.created:
             ticket = await Tickets(state.session).by_number(inbound.ticket_hint)
             if ticket is not None and ticket.requester_id == person.id and ticket.conversation_id:
                 conversation = await conversations.get(ticket.conversation_id)
@@ -568,8 +603,8 @@ class ConversationManager:
                 reply_to=dict(inbound.reply_to),
                 now=state.now,
             )
-            state.threads[(inbound.channel, inbound.thread_key)] = conversation
-        elif inbound.reply_to:
+            state.threads[key] = conversation
+        elif inbound.reply_to and key not in state.opened:
             conversation.reply_to = dict(inbound.reply_to)
         return conversation
 
@@ -695,6 +730,11 @@ def _failure(exc: Exception) -> Exception:
         failure.__cause__ = exc
         return failure
     return exc
+
+
+def _verified_email(inbound: Inbound) -> str | None:
+    sender = inbound.sender
+    return sender.email.lower() if sender.email and sender.email_verified else None
 
 
 def _jsonable(value: object) -> bool:

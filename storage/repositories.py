@@ -167,6 +167,71 @@ async def insert_entity(
     return (await session.execute(stmt, values)).scalar_one_or_none()
 
 
+@functools.cache
+def _insert_rows(
+    postgres: bool,
+    model: Any,
+    varying: tuple[str, ...],
+    shared: tuple[str, ...],
+    count: int,
+    conflict: tuple[str, ...],
+) -> Any:
+    """``INSERT`` of several rows ``[ON CONFLICT (…) DO NOTHING] RETURNING`` every column,
+    loaded as the model's entities. ``varying`` columns differ per row, ``shared`` ones
+    are bound once. PostgreSQL: one array per varying column, unnested (the same text for
+    any number of rows); SQLite: a VALUES list of ``count`` rows."""
+    table = model.__table__
+    binds = [bindparam(c, type_=table.c[c].type) for c in shared]
+    if postgres:
+        arrays = ", ".join(f":{c}" for c in varying)
+        picked = ", ".join([f"r.{c}" for c in varying] + [f":{c}" for c in shared])
+        source = f"SELECT {picked} FROM unnest({arrays}) AS r({', '.join(varying)})"
+        binds += [bindparam(c, type_=ARRAY(table.c[c].type)) for c in varying]
+    else:
+        source = "VALUES " + ", ".join(
+            "(" + ", ".join([f":{c}__{i}" for c in varying] + [f":{c}" for c in shared]) + ")"
+            for i in range(count)
+        )
+        binds += [
+            bindparam(f"{c}__{i}", type_=table.c[c].type) for i in range(count) for c in varying
+        ]
+    sql = f"INSERT INTO {table.name} ({', '.join(varying + shared)}) {source}"
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    sql += " RETURNING " + ", ".join(c.name for c in table.columns)
+    return select(model).from_statement(text(sql).bindparams(*binds).columns(*table.columns))
+
+
+async def insert_entities(
+    session: AsyncSession,
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    shared: dict[str, Any],
+    conflict: Sequence[str] = (),
+) -> list[Any]:
+    """Insert ``rows`` (the same columns each; ``shared`` and the model's Python-side
+    defaults complete them) in one statement, skipping those whose ``conflict`` columns
+    exist already: the rows inserted, as persistent ORM objects, in no promised order."""
+    if not rows:
+        return []
+    varying = tuple(rows[0])
+    shared = {**_defaults(model.__table__, {**rows[0], **shared}), **shared}
+    postgres = _is_postgres(session)
+    stmt = _insert_rows(
+        postgres, model, varying, tuple(shared), 0 if postgres else len(rows), tuple(conflict)
+    )
+    params = dict(shared)
+    if postgres:
+        for column in varying:
+            params[column] = [row[column] for row in rows]
+    else:
+        for i, row in enumerate(rows):
+            for column in varying:
+                params[f"{column}__{i}"] = row[column]
+    return list((await session.execute(stmt, params)).scalars())
+
+
 # Queries run for nearly every inbound message, built once: a statement built per call
 # costs its construction and its cache key again each time (a large share of a message's
 # CPU); these reuse both.
@@ -333,14 +398,34 @@ _SETTLE_RECEIPT_ROW = (
     )
 )
 
-# several rows in one statement, their ids back in the order given (SQLAlchemy's
-# "insertmanyvalues": one multi-row INSERT on PostgreSQL, a row at a time on SQLite)
-_INSERT_MESSAGES = insert(Message.__table__).returning(  # type: ignore[arg-type]
-    Message.__table__.c.id, sort_by_parameter_order=True
-)
-_INSERT_OUTBOX_ROWS = insert(OutboxRow.__table__).returning(  # type: ignore[arg-type]
-    OutboxRow.__table__.c.id, sort_by_parameter_order=True
-)
+
+@functools.cache
+def _insert_returning_ids(table: Any, ordered: bool) -> Any:
+    return insert(table).returning(table.c.id, sort_by_parameter_order=ordered)
+
+
+async def insert_rows(
+    session: AsyncSession, table: Any, rows: Sequence[dict[str, Any]]
+) -> list[int]:
+    """Insert ``rows`` (the same columns each) in one multi-row INSERT; their new ids, in
+    the order given.
+
+    PostgreSQL: SQLAlchemy's "insertmanyvalues" with RETURNING sorted by parameter order.
+    SQLite promises no RETURNING order, and SQLAlchemy would then insert a row at a time;
+    but the rows of one INSERT, made under the writer lock every write transaction takes
+    (``BEGIN IMMEDIATE``), get consecutive rowids in the order given, so the ids sorted
+    are the ids in order. That is checked, not assumed."""
+    if not rows:
+        return []
+    if _is_postgres(session):
+        result = await session.execute(_insert_returning_ids(table, True), list(rows))
+        return list(result.scalars())
+    result = await session.execute(_insert_returning_ids(table, False), list(rows))
+    ids = sorted(result.scalars())
+    if ids[-1] - ids[0] != len(ids) - 1:
+        raise RuntimeError(f"{table.name}: ids of one INSERT are not consecutive: {ids}")
+    return ids
+
 
 # per-article counts added in one executemany (several turns' feedback at once)
 _ADD_ARTICLE_COUNTS = text(
@@ -571,6 +656,74 @@ class People:
         assert person is not None
         return person, False
 
+    async def open_many(
+        self, senders: Sequence[tuple[str | None, str | None]], *, now: datetime
+    ) -> list[tuple[Person, bool]]:
+        """People for several first-time senders, (verified email or None, display name)
+        each, as :meth:`open_by_email` or :meth:`create` would make them one by one:
+        ``(person, created here)`` per sender, in order, in a few statements."""
+        wanted: dict[str, str | None] = {}  # email → the display name of its first sender
+        for email, name in senders:
+            if email is not None:
+                wanted.setdefault(email.lower(), name)
+        shared = {"created_at": now, "is_vip": False, "email_bouncing": False}
+        made = await insert_entities(
+            self.session,
+            Person,
+            [{"email": email, "display_name": name} for email, name in wanted.items()],
+            shared=shared,
+            conflict=("email",),
+        )
+        by_email: dict[str, tuple[Person, bool]] = {p.email: (p, True) for p in made if p.email}
+        missing = [email for email in wanted if email not in by_email]
+        if missing:
+            rows = await self.session.execute(select(Person).where(Person.email.in_(missing)))
+            by_email.update((p.email, (p, False)) for p in rows.scalars() if p.email)
+        # people without an email are alike but for their names: any of a name will do
+        nameless: dict[str | None, list[Person]] = {}
+        for person in await insert_entities(
+            self.session,
+            Person,
+            [{"display_name": name} for email, name in senders if email is None],
+            shared=shared,
+        ):
+            nameless.setdefault(person.display_name, []).append(person)
+        out: list[tuple[Person, bool]] = []
+        told: set[str] = set()
+        for email, name in senders:
+            if email is None:
+                out.append((nameless[name].pop(), True))
+                continue
+            person, created = by_email[email.lower()]
+            out.append((person, created and email.lower() not in told))
+            told.add(email.lower())
+        return out
+
+    async def link_identities(
+        self, links: Sequence[dict[str, Any]], *, now: datetime
+    ) -> dict[tuple[str, str], int]:
+        """:meth:`link_identity` for several identities (``person_id``, ``channel``,
+        ``external_id``, ``display_name``, ``email``, ``verified`` each) in one INSERT:
+        ``{(channel, external id): the person it belongs to}``."""
+        rows = [
+            {**link, "email": link["email"].lower() if link["email"] else None} for link in links
+        ]
+        made = await insert_entities(
+            self.session,
+            Identity,
+            rows,
+            shared={"created_at": now},
+            conflict=("channel", "external_id"),
+        )
+        owners = {(i.channel, i.external_id): i.person_id for i in made}
+        for link in links:  # linked first by a concurrent first message
+            key = (link["channel"], link["external_id"])
+            if key not in owners:
+                identity = await self.identity(*key)
+                assert identity is not None
+                owners[key] = identity.person_id
+        return owners
+
     async def create(self, *, display_name: str | None, now: datetime) -> Person:
         person = Person(
             display_name=display_name, created_at=now, is_vip=False, email_bouncing=False
@@ -677,6 +830,28 @@ class Conversations:
         conversation = await self.by_thread(channel, thread_key)
         assert conversation is not None
         return conversation, False
+
+    async def open_many(
+        self, threads: Sequence[dict[str, Any]], *, now: datetime
+    ) -> dict[tuple[str, str], Conversation]:
+        """:meth:`find_or_open` for several threads (``person_id``, ``channel``,
+        ``thread_key``, ``reply_to`` each) in one INSERT: ``{(channel, thread key):
+        conversation}``, the one found for a thread that had one meanwhile."""
+        made = await insert_entities(
+            self.session,
+            Conversation,
+            threads,
+            shared={"state": "bot", "notes": {}, "created_at": now, "updated_at": now},
+            conflict=("channel", "thread_key"),
+        )
+        out = {(c.channel, c.thread_key): c for c in made}
+        for thread in threads:
+            key = (thread["channel"], thread["thread_key"])
+            if key not in out:
+                found = await self.by_thread(*key)
+                assert found is not None
+                out[key] = found
+        return out
 
     async def by_reference(
         self, channel: str, references: Sequence[str], person_id: int
@@ -798,8 +973,7 @@ class Conversations:
         The caller flushes the session first if the messages need rows it has pending."""
         if not messages:
             return
-        rows = [m.values() for m in messages]
-        ids = (await self.session.execute(_INSERT_MESSAGES, rows)).scalars().all()
+        ids = await insert_rows(self.session, Message.__table__, [m.values() for m in messages])
         for message, new_id in zip(messages, ids, strict=True):
             message.id = new_id
 
@@ -956,9 +1130,7 @@ class Outbox:
 
     async def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert rows from :meth:`row` in one statement; their ids, in order."""
-        if not rows:
-            return []
-        return list((await self.session.execute(_INSERT_OUTBOX_ROWS, list(rows))).scalars())
+        return await insert_rows(self.session, OutboxRow.__table__, rows)
 
     async def get(self, row_id: int) -> OutboxRow | None:
         return await self.session.get(OutboxRow, row_id)

@@ -9,14 +9,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
 
 from bot.errors import RejectedInput
 from bot.turn import Turn
+from bot.types import Inbound, Sender
+from knowledge import KnowledgeBase
+from storage.db import Database
 from storage.models import InboundReceipt, Message, OutboxRow
 from tests.conftest import Desk, text_of
+
+
+@contextmanager
+def counting_statements(desk: Desk) -> Iterator[list[int]]:
+    """Count the statements run on the desk's engine (``[count]``)."""
+    run = [0]
+
+    def on_execute(*_: object) -> None:
+        run[0] += 1
+
+    engine = desk.core.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield run
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
 
 
 @contextmanager
@@ -153,3 +173,97 @@ async def test_email_loop_cap_holds_when_mails_arrive_together(desk: Desk) -> No
     replies = await desk.delivered()
     assert len(replies) == desk.core.manager.auto_reply_cap_per_hour - 1
     assert "welcome" in text_of(replies)
+
+
+async def test_first_time_senders_of_a_round_are_opened_together(desk: Desk) -> None:
+    from storage.models import Conversation, Identity, Person
+
+    await desk.say("hi", user="known", email="known@corp.test")  # an earlier person
+    inbounds = [desk.inbound("thanks", user=f"new{i}") for i in range(24)]
+    inbounds += [
+        # the same verified email from two identities: one person
+        desk.inbound("thanks", user="twin-a", email="twin@corp.test"),
+        desk.inbound("thanks", user="twin-b", email="Twin@corp.test"),
+        # a new identity of someone known by their email: not a new person
+        desk.inbound("thanks", user="known-elsewhere", email="known@corp.test"),
+        # anonymous, with one name: two people
+        desk.inbound("thanks", user="same"),
+    ]
+    same = inbounds[-1]
+    inbounds.append(
+        same.__class__(
+            **{
+                **{n: getattr(same, n) for n in same.__slots__},  # type: ignore[attr-defined]
+                "external_id": "other-same",
+                "sender": same.sender.__class__(external_id="user:same-2", display_name="Same"),
+                "thread_key": "dm:same-2",
+            }
+        )
+    )
+    with counting_statements(desk) as statements:
+        results = await asyncio.gather(*(desk.core.manager.handle(i) for i in inbounds))
+    assert all(not r.duplicate and r.outbox_ids for r in results)
+    assert statements[0] < 20  # for the round, not three or more for each first-timer
+    async with desk.core.db.read() as session:
+        people = list((await session.execute(select(Person))).scalars())
+        identities = {
+            i.external_id: i.person_id for i in (await session.execute(select(Identity))).scalars()
+        }
+        owners = {
+            c.id: c.person_id for c in (await session.execute(select(Conversation))).scalars()
+        }
+    by_email = {p.email: p.id for p in people if p.email}
+    assert set(by_email) == {"known@corp.test", "twin@corp.test"}
+    assert identities["user:twin-a"] == identities["user:twin-b"] == by_email["twin@corp.test"]
+    assert identities["user:known-elsewhere"] == by_email["known@corp.test"]
+    assert identities["user:same"] != identities["user:same-2"]
+    assert len(people) == 1 + 24 + 1 + 2
+    for inbound, result in zip(inbounds, results, strict=True):
+        assert owners[result.conversation_id] == identities[inbound.sender.external_id]
+    assert len(await desk.delivered()) == len(inbounds)
+
+
+async def test_a_first_time_sender_racing_on_two_nodes_is_one_person(
+    database: object, tmp_path: Path, sample_kb: KnowledgeBase
+) -> None:
+    from bot.main import build_core
+    from storage.models import Identity, Person
+    from tests.conftest import make_settings
+
+    assert isinstance(database, Database)
+    cores = [
+        build_core(
+            make_settings(tmp_path / name),
+            database=Database(database.url),
+            knowledge=sample_kb,
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        sender = Sender(external_id="racer", display_name="Racer", email="r@corp.test")
+        sender = Sender(
+            **{**{n: getattr(sender, n) for n in sender.__slots__}, "email_verified": True}
+        )  # type: ignore[attr-defined]
+        results = await asyncio.gather(
+            *(
+                core.manager.handle(
+                    Inbound(
+                        channel="memory",
+                        external_id=f"race-{n}",
+                        sender=sender,
+                        text="thanks",
+                        thread_key=f"dm:racer-{n}",
+                    )
+                )
+                for n, core in enumerate(cores)
+            )
+        )
+        assert all(not r.duplicate for r in results)
+        async with cores[0].db.read() as session:
+            people = list((await session.execute(select(Person))).scalars())
+            identities = list((await session.execute(select(Identity))).scalars())
+        assert [p.email for p in people] == ["r@corp.test"]
+        assert [(i.external_id, i.person_id) for i in identities] == [("racer", people[0].id)]
+    finally:
+        for core in cores:
+            await core.db.dispose()
