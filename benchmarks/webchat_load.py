@@ -83,7 +83,7 @@ QUESTIONS = (
 
 
 async def serve_deskbot(database_url: str, var_dir: Path) -> None:
-    from bot.main import build_channels, build_core, http_routers
+    from bot.main import build_channels, build_core, http_routers, settle_garbage_collector
     from bot.settings import Settings
     from channels.http.server import HttpServer, build_app
     from storage.migrate import upgrade
@@ -110,6 +110,7 @@ async def serve_deskbot(database_url: str, var_dir: Path) -> None:
     for channel in core.registry:
         await channel.start()
     await core.dispatcher.start()
+    settle_garbage_collector()  # as `deskbot run` does once started
     print(f"PORT {server.port}", flush=True)
     await _until_stdin_closes()
     await core.dispatcher.stop()

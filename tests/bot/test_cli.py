@@ -108,3 +108,18 @@ def test_scheduler_job_runs_are_quiet_at_info_and_shown_when_debugging() -> None
         assert executors.isEnabledFor(logging.DEBUG)
     finally:
         executors.setLevel(before)
+
+
+def test_serving_freezes_what_start_up_made_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from bot.main import GC_YOUNG_THRESHOLD, settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
