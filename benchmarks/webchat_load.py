@@ -27,8 +27,9 @@ a reply to a socket held by another (PostgreSQL LISTEN/NOTIFY, docs/deployment.m
 
 Two phases against each server: *saturation* (no pause between a visitor's questions:
 the most the server can answer, and the latency when it is that busy), then *paced*
-(each visitor pauses so that the offered load is ``--paced-fraction`` of the measured
-saturation rate: the latency at a sustainable load).
+(questions arrive at random, a Poisson stream at ``--paced-fraction`` of the measured
+saturation rate or at ``--paced-rate`` replies/s, each to one of the visitors not waiting
+for an answer: the latency at a given load, counted from each question's arrival).
 
 Both servers run on the event loop ``deskbot run`` uses (``--event-loop``, as
 ``DESKBOT_EVENT_LOOP``; uvloop by default). Each phase reports the CPU the servers,
@@ -193,6 +194,7 @@ class PhaseResult:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms_per_reply: dict[str, float] = field(default_factory=dict)
+    messages_per_round: float | None = None
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -214,6 +216,7 @@ class PhaseResult:
             "max_ms": round(lat[-1], 1) if lat else float("nan"),
             "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
             "cpu_ms_per_reply": self.cpu_ms_per_reply,
+            "messages_per_round": self.messages_per_round,
         }
 
 
@@ -223,12 +226,13 @@ class Visitor:
         self.ws = ws
         self.sent = 0
 
-    async def ask(self, text: str, timeout: float) -> float:
-        """Send one question; the ms until the first reply frame (the turn is then read out)."""
+    async def ask(self, text: str, timeout: float, *, since: float | None = None) -> float:
+        """Send one question; the ms until the first reply frame (the turn is then read out),
+        counted from ``since`` (the question's arrival) when given."""
         self.sent += 1
         client_id = f"v{self.index}-{self.sent}-{uuid.uuid4().hex[:6]}"
         frame = json.dumps({"type": "message", "client_id": client_id, "text": text})
-        started = time.perf_counter()
+        started = since if since is not None else time.perf_counter()
         await self.ws.send(frame)
         first: float | None = None
         acked = feedback = False
@@ -287,6 +291,25 @@ async def open_visitors(bases: list[str], count: int, *, timeout: float) -> list
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+async def _rounds_snapshot(bases: list[str]) -> tuple[float, float] | None:
+    """(messages, rounds) handled so far by the deskbot servers, from their /metrics
+    (``deskbot_handle_round_messages``); None for a server without them (the echo)."""
+    import httpx
+
+    messages = rounds = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for base in bases:
+            response = await http.get(f"{base}/metrics")
+            if response.status_code != 200:
+                return None
+            for line in response.text.splitlines():
+                if line.startswith("deskbot_handle_round_messages_sum"):
+                    messages += float(line.split()[-1])
+                elif line.startswith("deskbot_handle_round_messages_count"):
+                    rounds += float(line.split()[-1])
+    return messages, rounds
+
+
 def _cpu_snapshot(server_pids: list[int]) -> tuple[float, float, float]:
     """CPU seconds so far of the servers, of PostgreSQL and of this client."""
     return sum(_cpu_of(pid) for pid in server_pids), _postgres_cpu(), time.process_time()
@@ -297,38 +320,66 @@ async def run_phase(
     name: str,
     *,
     questions: int,
-    think: float,
     timeout: float,
+    rate: float | None = None,
     server_pids: list[int] = (),  # type: ignore[assignment]
+    bases: list[str] = (),  # type: ignore[assignment]
 ) -> PhaseResult:
+    """``questions`` per visitor. Without ``rate``: every visitor asks again as soon as
+    its turn ends (saturation). With ``rate``: the questions arrive at random (Poisson)
+    at ``rate`` per second, each to a visitor not waiting for an answer, and a turn's
+    latency counts from its question's arrival (waiting for a free visitor included)."""
     result = PhaseResult(name)
-    start_gate = asyncio.Event()
-
-    async def visitor_loop(visitor: Visitor) -> None:
-        rng = random.Random(visitor.index)
-        await start_gate.wait()
-        if think:
-            await asyncio.sleep(rng.uniform(0, think))  # spread the first questions out
-        for n in range(questions):
-            text = QUESTIONS[(visitor.index + n) % len(QUESTIONS)]
-            try:
-                latency = await visitor.ask(text, timeout)
-            except Exception as exc:
-                result.errors += 1
-                print(f"visitor {visitor.index}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return
-            result.latencies_ms.append(latency)
-            result.replies += 1
-            if think and n + 1 < questions:
-                await asyncio.sleep(rng.expovariate(1 / think))
-
-    tasks = [asyncio.create_task(visitor_loop(v)) for v in visitors]
+    rounds_before = await _rounds_snapshot(list(bases)) if bases else None
     before = _cpu_snapshot(server_pids)
     started = time.perf_counter()
-    start_gate.set()
-    await asyncio.gather(*tasks)
+
+    async def turn(visitor: Visitor, text: str, since: float | None) -> bool:
+        try:
+            latency = await visitor.ask(text, timeout, since=since)
+        except Exception as exc:
+            result.errors += 1
+            print(f"visitor {visitor.index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return False
+        result.latencies_ms.append(latency)
+        result.replies += 1
+        return True
+
+    if rate is None:
+
+        async def visitor_loop(visitor: Visitor) -> None:
+            for n in range(questions):
+                if not await turn(visitor, QUESTIONS[(visitor.index + n) % len(QUESTIONS)], None):
+                    return
+
+        await asyncio.gather(*(visitor_loop(v) for v in visitors))
+    else:
+        rng = random.Random(7)
+        idle: asyncio.Queue[Visitor] = asyncio.Queue()
+        for visitor in visitors:
+            idle.put_nowait(visitor)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(visitor: Visitor, text: str, since: float) -> None:
+            if await turn(visitor, text, since):
+                idle.put_nowait(visitor)
+
+        arrival = started
+        for n in range(questions * len(visitors)):
+            arrival += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+            visitor = await idle.get()
+            task = asyncio.create_task(one(visitor, QUESTIONS[n % len(QUESTIONS)], arrival))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        await asyncio.gather(*running)
     result.seconds = time.perf_counter() - started
     after = _cpu_snapshot(server_pids)
+    rounds_after = await _rounds_snapshot(list(bases)) if bases else None
+    if rounds_before and rounds_after and rounds_after[1] > rounds_before[1]:
+        result.messages_per_round = round(
+            (rounds_after[0] - rounds_before[0]) / (rounds_after[1] - rounds_before[1]), 1
+        )
     if result.replies:
         parts = ("server", "postgres", "client")
         result.cpu_ms_per_reply = {
@@ -339,33 +390,33 @@ async def run_phase(
 
 
 async def client_main(args: argparse.Namespace) -> None:
-    visitors = await open_visitors(args.base.split(","), args.visitors, timeout=args.turn_timeout)
+    bases = args.base.split(",")
+    visitors = await open_visitors(bases, args.visitors, timeout=args.turn_timeout)
     # warm-up: one question per visitor, not measured (first-time person/conversation rows)
-    await run_phase(visitors, "warm-up", questions=1, think=0, timeout=args.turn_timeout)
+    await run_phase(visitors, "warm-up", questions=1, timeout=args.turn_timeout)
     phases = []
     pids = [int(pid) for pid in args.server_pids.split(",") if pid]
     saturation = await run_phase(
         visitors,
         "saturation",
         questions=args.questions,
-        think=0,
         timeout=args.turn_timeout,
         server_pids=pids,
+        bases=bases,
     )
     phases.append(saturation.summary())
     rate = saturation.replies / saturation.seconds if saturation.seconds else 0.0
-    if args.paced_fraction > 0 and rate > 0:
-        offered = rate * args.paced_fraction
-        mean_latency = statistics.fmean(saturation.latencies_ms) / 1000
-        # per-visitor cycle = think + latency; solve for the think that offers `offered`/s
-        think = max(0.01, len(visitors) / offered - min(mean_latency, 0.05))
+    if args.paced_rate > 0 or (args.paced_fraction > 0 and rate > 0):
+        offered = args.paced_rate or rate * args.paced_fraction
+        label = "paced" if args.paced_rate else f"paced {int(args.paced_fraction * 100)}%"
         paced = await run_phase(
             visitors,
-            f"paced {int(args.paced_fraction * 100)}% (think {think:.2f}s)",
+            f"{label} ({offered:.0f}/s offered)",
             questions=args.questions,
-            think=think,
+            rate=offered,
             timeout=args.turn_timeout,
             server_pids=pids,
+            bases=bases,
         )
         phases.append(paced.summary())
     for visitor in visitors:
@@ -464,6 +515,8 @@ def run_client(
         str(args.questions),
         "--paced-fraction",
         str(args.paced_fraction),
+        "--paced-rate",
+        str(args.paced_rate),
         "--turn-timeout",
         str(args.turn_timeout),
         "--server-pids",
@@ -560,9 +613,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         for phase in results.get(server, {}).get("phases", []):
             cpu = phase.get("cpu_ms_per_reply")
             if cpu:
+                per_round = phase.get("messages_per_round")
                 print(
                     f"{server}, {phase['phase']}: CPU per reply: server {cpu['server']} ms, "
                     f"PostgreSQL {cpu['postgres']} ms, client {cpu['client']} ms"
+                    + (f"; {per_round} messages per round" if per_round else "")
                 )
         cpu = results.get(server, {}).get("cpu_ms_per_message")
         if cpu:
@@ -583,6 +638,12 @@ def main() -> None:
         type=float,
         default=0.5,
         help="offered load of the paced phase, as a fraction of the saturation rate (0: skip)",
+    )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="offered load of the paced phase in replies/s (instead of --paced-fraction)",
     )
     parser.add_argument("--turn-timeout", type=float, default=60.0)
     parser.add_argument("--deadline", type=float, default=600.0, help="whole run, seconds")
