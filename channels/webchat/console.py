@@ -57,6 +57,10 @@ def _json(value: Any) -> Any:
     return value
 
 
+MAX_CHANGED_IDS = 100
+"""More conversations changed than this in one window: the frame says ``all``."""
+
+
 def console_router(
     *,
     agents: AgentDesk,
@@ -65,6 +69,7 @@ def console_router(
     sessions: AgentSessions | None = None,
     secure_cookies: bool = False,
     recheck_seconds: float = 2.0,
+    coalesce_seconds: float = 0.25,
     public_origins: tuple[str, ...] = (),
 ) -> APIRouter:
     """The console's pages, JSON API and live socket."""
@@ -330,29 +335,55 @@ def console_router(
         pump.cancel()
 
     async def _pump(websocket: WebSocket, inbox: asyncio.Queue[Any], session: AgentSession) -> None:
+        """Tell the agent's page what changed, a frame per ``coalesce_seconds`` at most.
+
+        A busy desk publishes thousands of events a second (every bot message is one);
+        the page only needs to know which conversations changed, to reload its queue and
+        the conversation it shows. So the events of a short window travel as one
+        ``changed`` frame naming their conversations (``all`` when there are many), and
+        the session is re-checked every ``recheck_seconds``, not on every event."""
+        loop = asyncio.get_running_loop()
         try:
             await websocket.send_json({"type": "hello", "agent": session.agent.id})
+            checked = loop.time()
             while True:
                 try:
-                    event = await asyncio.wait_for(inbox.get(), timeout=recheck_seconds)
+                    first = await asyncio.wait_for(inbox.get(), timeout=recheck_seconds)
                 except TimeoutError:
-                    event = None
-                if await current(websocket) is None:
-                    logger.info("console.ws.session_ended agent=%s", session.agent.id)
-                    await websocket.send_json({"type": "session_ended"})
-                    await websocket.close(code=4401)
-                    return
-                if event is None or event.kind == PEER_OUTBOUND:
+                    first = None
+                if first is None or loop.time() - checked >= recheck_seconds:
+                    checked = loop.time()
+                    if await current(websocket) is None:
+                        logger.info("console.ws.session_ended agent=%s", session.agent.id)
+                        await websocket.send_json({"type": "session_ended"})
+                        await websocket.close(code=4401)
+                        return
+                if first is None:
                     continue
-                if event.kind == RESYNC:
+                await asyncio.sleep(coalesce_seconds)  # let the window's events gather
+                events = [first]
+                while not inbox.empty():
+                    events.append(inbox.get_nowait())
+                if any(event.kind == RESYNC for event in events):
                     # events from other nodes may have been missed: reload everything
                     await websocket.send_json({"type": "resync"})
                     continue
-                if event.kind == "alert" and not session.agent.is_lead:
+                changed: dict[int | None, None] = {}
+                for event in events:
+                    if event.kind == PEER_OUTBOUND:
+                        continue
+                    if event.kind == "alert" and not session.agent.is_lead:
+                        continue
+                    changed[event.conversation_id] = None
+                if not changed:
                     continue
-                await websocket.send_json(
-                    {"type": "event", "kind": event.kind, "conversation_id": event.conversation_id}
-                )
+                ids = [cid for cid in changed if cid is not None]
+                frame: dict[str, Any] = {"type": "changed"}
+                if len(ids) > MAX_CHANGED_IDS or None in changed:
+                    frame["all"] = True
+                else:
+                    frame["conversations"] = ids
+                await websocket.send_json(frame)
         except (WebSocketDisconnect, RuntimeError):
             return
 

@@ -76,6 +76,22 @@
 
   // ---- queue and context card ----------------------------------------------------------------
 
+  // At most one queue reload and one conversation reload in flight, and one more after
+  // it when something changed meanwhile: a busy desk does not flood the server.
+  function paced(load) {
+    var busy = false, again = false;
+    return function soon() {
+      if (busy) { again = true; return; }
+      busy = true;
+      Promise.resolve(load()).catch(function () {}).then(function () {
+        busy = false;
+        if (again) { again = false; soon(); }
+      });
+    };
+  }
+  var refreshSoon = paced(function () { return refreshQueue(); });
+  var reopenSoon = paced(function () { return selected ? load(selected) : null; });
+
   function refreshQueue() {
     return api("GET", "/agent/api/queue").then(function (data) {
       var list = $("queue");
@@ -109,7 +125,11 @@
   function open(id) {
     selected = id;
     $("action-error").textContent = "";
-    return api("GET", "/agent/api/conversations/" + id).then(render).then(refreshQueue)
+    return load(id).then(refreshQueue);
+  }
+
+  function load(id) {
+    return api("GET", "/agent/api/conversations/" + id).then(render)
       .catch(function (error) { $("action-error").textContent = error.message; });
   }
 
@@ -195,9 +215,11 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame.type === "hello") { attempts = 0; setLive("online", "Live"); refreshQueue(); }
       if (frame.type === "session_ended") { showLogin(); }
-      if (frame.type === "event") {
-        refreshQueue();
-        if (frame.conversation_id === selected) { open(selected); }
+      if (frame.type === "changed") {  // what changed in the last moment
+        refreshSoon();
+        if (selected && (frame.all || (frame.conversations || []).indexOf(selected) >= 0)) {
+          reopenSoon();
+        }
       }
       if (frame.type === "resync") {  // live events may have been missed: reload
         refreshQueue();

@@ -105,8 +105,8 @@ async def test_agent_takes_over_from_the_widget(web: WebDesk, agent: AgentClient
             await frames_until(
                 ws, lambda f: f.get("type") == "message" and "Ana Agent" in f["markdown"]
             )
-            event = await next_frame(live, kind="event")
-            assert event["conversation_id"] == cid
+            changed = await next_frame(live, kind="changed")
+            assert changed["conversations"] == [cid]
 
         again = await agent.post(f"/agent/api/conversations/{cid}/claim")
         assert again.status_code == 409
@@ -179,3 +179,34 @@ async def test_password_change_ends_the_session(web: WebDesk, agent: AgentClient
         assert (await agent.http.get("/agent/api/me")).status_code == 401
         claim = await agent.post("/agent/api/conversations/1/claim")
         assert claim.status_code == 401
+
+
+async def test_a_burst_of_events_reaches_the_console_as_a_few_frames(
+    web: WebDesk, agent: AgentClient
+) -> None:
+    """A busy desk publishes an event per bot message; the page gets one frame per short
+    window naming what changed, and the session is not re-read for each event."""
+    from bot.events import ConversationEvent
+
+    reads = 0
+    get_agent = web.core.agents.get_agent
+
+    async def counted(agent_id: int):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await get_agent(agent_id)
+
+    async with agent.http:
+        assert (await agent.login("ana")).status_code == 200
+        async with agent.connect() as live:
+            assert (await next_frame(live))["type"] == "hello"
+            web.core.agents.get_agent = counted  # type: ignore[method-assign]
+            for cid in range(1, 41):  # forty conversations, three events each
+                for kind in ("message", "message", "delivered"):
+                    web.core.events.publish(ConversationEvent(kind, cid, {}))
+            first = await next_frame(live, kind="changed")
+            assert sorted(first["conversations"]) == list(range(1, 41))
+            for cid in range(1000, 1300):  # more than a frame names: "all"
+                web.core.events.publish(ConversationEvent("message", cid, {}))
+            assert (await next_frame(live, kind="changed")) == {"type": "changed", "all": True}
+            assert reads <= 1  # not once per event

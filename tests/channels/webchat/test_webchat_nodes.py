@@ -212,8 +212,7 @@ async def test_the_console_on_one_node_follows_and_answers_a_visitor_on_the_othe
         await next_frame(ws, kind="hello")
         await _say(ws, "h1", "talk to a human")
         # the manager on A published it; only A's bus had it, B's console hears it
-        event = await asyncio.wait_for(_event_of_kind(live, "message"), WAIT)
-        cid = event["conversation_id"]
+        [cid] = await asyncio.wait_for(_changed(live), WAIT)
         queue = (await agent.http.get("/agent/api/queue")).json()["queue"]
         assert [(c["id"], c["state"]) for c in queue] == [(cid, "queued")]
 
@@ -227,15 +226,15 @@ async def test_the_console_on_one_node_follows_and_answers_a_visitor_on_the_othe
         async with other.connect() as live_on_a:
             assert (await next_frame(live_on_a))["type"] == "hello"
             assert (await agent.post(f"/agent/api/conversations/{cid}/resolve")).status_code == 200
-            state = await asyncio.wait_for(_event_of_kind(live_on_a, "state"), WAIT)
-            assert state["conversation_id"] == cid
+            assert cid in await asyncio.wait_for(_changed(live_on_a), WAIT)
 
 
-async def _event_of_kind(ws: ClientConnection, kind: str) -> dict[str, Any]:
+async def _changed(ws: ClientConnection) -> list[int]:
+    """The conversations the next ``changed`` frame names."""
     while True:
         frame = json.loads(await ws.recv())
-        if frame.get("type") == "event" and frame.get("kind") == kind:
-            return dict(frame)
+        if frame.get("type") == "changed":
+            return list(frame["conversations"])
 
 
 async def test_a_dropped_listen_connection_resyncs_sockets_and_consoles_and_delivery_resumes(
