@@ -23,6 +23,7 @@ stamped just before its send, as a claimed one is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -143,6 +144,7 @@ class OutboxDispatcher:
         self._next_recovery: float | None = None
         self._handed: deque[Handed] = deque()
         self._reconciles: dict[str, bool] = {}
+        self._stopping = False
 
     # lifecycle -------------------------------------------------------------------
 
@@ -151,14 +153,21 @@ class OutboxDispatcher:
             self._task = asyncio.create_task(self._serve(), name="outbox.dispatcher")
             self._task.add_done_callback(self._crashed)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Let the batch in hand finish (a send cut off is left to its lease, and on a
+        channel that cannot reconcile, to an agent), wait at most ``grace`` seconds for
+        it, then stop; the rows handed over and not yet sent are given back."""
+        task = self._task
+        if task is not None:
+            self._stopping = True
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self._task = None
+            self._stopping = False
         await self._release_handed()
 
     async def _release_handed(self) -> None:
@@ -188,7 +197,7 @@ class OutboxDispatcher:
         stamped as started when the channel can reconcile (see the module docstring).
         None while this dispatcher is not serving: the row is left for any node to claim.
         """
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or self._stopping:
             return None
         started = self._reconciles.get(channel)
         if started is None:  # a Protocol isinstance is slow: asked once per channel
@@ -209,7 +218,7 @@ class OutboxDispatcher:
             self._wake.set()
 
     async def _serve(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 processed = await self.run_once()
@@ -221,6 +230,8 @@ class OutboxDispatcher:
             # a full batch may have left due rows behind, and a wake during the sweep
             # means new rows; after a partial batch nothing was due at the claim, so
             # claiming again at once would be an empty transaction per batch
+            if self._stopping:
+                return
             if processed >= self.policy.batch_size or self._wake.is_set() or self._handed:
                 continue
             self.idle.set()

@@ -374,13 +374,31 @@ async def test_stopping_gives_back_the_handed_rows_not_sent_yet(desk: Desk) -> N
         ids = await _ask(desk, "gated", "gil", "hal")
         await asyncio.sleep(0.1)  # the first is being sent (held at the gate)
     finally:
-        await dispatcher.stop()  # cancels that send; the second was never taken
+        await dispatcher.stop(grace=0.1)  # that send does not end in time: cut off
     first, second = await _row(desk, ids[0]), await _row(desk, ids[1])
     assert first.status == "sending"  # cut off mid-send: its lease decides
     assert (second.status, second.claimed_until) == ("pending", None)
     gated.gate.set()
     await dispatcher.drain()
     assert (await _row(desk, ids[1])).status == "sent"
+
+
+async def test_stopping_lets_the_batch_in_hand_finish(desk: Desk) -> None:
+    gated = Gated()
+    desk.core.registry.add(gated)
+    dispatcher = desk.core.dispatcher
+    await dispatcher.start()
+    [row_id] = await _ask(desk, "gated", "jo")
+    await asyncio.sleep(0.1)  # being sent, held at the gate
+    stopping = asyncio.create_task(dispatcher.stop(grace=10))
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # waiting for the send, not cutting it off
+    [late] = await _ask(desk, "gated", "kim")  # meanwhile: left for any node to claim
+    gated.gate.set()
+    await stopping
+    assert (await _row(desk, row_id)).status == "sent"
+    row = await _row(desk, late)
+    assert (row.status, row.claimed_until) == ("pending", None)
 
 
 async def test_a_handed_row_past_its_lease_is_left_to_recovery(desk: Desk) -> None:
