@@ -4,12 +4,16 @@
 whatever is queued (up to ``max_batch`` messages) and handles it in *rounds*. A round
 holds at most one message per thread, per sender and per receipt id, and runs in one
 transaction with set-based statements: the receipts go in as one INSERT, the senders and
-their conversations come from one SELECT each, and at the end every new message is one
+their conversations come from one SELECT each, first-time senders get their people,
+identities and conversations in one INSERT each, and at the end every new message is one
 INSERT and every outbox row one more. At a trickle a round is one message; under load (an
 outage announcement, a burst of mail, a busy web chat) the statements and the commit are
-shared by the whole round, so the cost per message falls as the load rises. The later
-messages of a thread or a sender wait for the next round, so each thread is handled in
-the order its messages arrived, and a message sees everything its predecessors did.
+shared by the whole round, so the cost per message falls as the load rises (while
+messages arrive faster than one per two ``linger``, a round waits ``linger`` for company).
+The later messages of a thread or a sender wait for the next round, so each thread is
+handled in the order its messages arrived, and a message sees everything its
+predecessors did. The replies' outbox rows are handed to the dispatcher after the commit
+(``outbox``), so it sends them without claiming them first.
 
 When a round fails, each of its messages is handled again in a round of its own, so one
 bad message cannot hold the others back, and whatever the failed round did was rolled

@@ -949,19 +949,19 @@ class Conversations:
     ) -> Message:
         """Add a message as an ORM object and insert it now; the conversation's activity
         is marked with it."""
-        message = Message(
-            conversation_id=conversation.id,
+        built = self.new_message(
+            conversation,
             direction=direction,
-            channel=conversation.channel,
-            external_id=external_id,
             author_kind=author_kind,
             author_id=author_id,
-            kind=kind,
             text=text,
+            kind=kind,
+            now=now,
+            external_id=external_id,
             private=private,
-            meta=meta or {},
-            created_at=now,
+            meta=meta,
         )
+        message = Message(**built.values())
         self.touch(conversation, message)
         self.session.add(message)
         await self.session.flush()

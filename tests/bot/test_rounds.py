@@ -24,35 +24,20 @@ from tests.conftest import Desk, text_of
 
 
 @contextmanager
-def counting_statements(desk: Desk) -> Iterator[list[int]]:
-    """Count the statements run on the desk's engine (``[count]``)."""
-    run = [0]
+def counting(desk: Desk, engine_event: str) -> Iterator[list[int]]:
+    """Count an engine event on the desk's database meanwhile (``[count]``):
+    ``before_cursor_execute`` for statements, ``begin`` for transactions."""
+    seen = [0]
 
-    def on_execute(*_: object) -> None:
-        run[0] += 1
-
-    engine = desk.core.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield run
-    finally:
-        event.remove(engine, "before_cursor_execute", on_execute)
-
-
-@contextmanager
-def counting_transactions(desk: Desk) -> Iterator[list[int]]:
-    """Count the transactions begun on the desk's engine (``[count]``)."""
-    begun = [0]
-
-    def on_begin(_conn: object) -> None:
-        begun[0] += 1
+    def count(*_: object) -> None:
+        seen[0] += 1
 
     engine = desk.core.db.engine.sync_engine
-    event.listen(engine, "begin", on_begin)
+    event.listen(engine, engine_event, count)
     try:
-        yield begun
+        yield seen
     finally:
-        event.remove(engine, "begin", on_begin)
+        event.remove(engine, engine_event, count)
 
 
 async def _count(desk: Desk, model: type) -> int:
@@ -63,7 +48,7 @@ async def _count(desk: Desk, model: type) -> int:
 async def test_concurrent_visitors_share_one_transaction(desk: Desk) -> None:
     for i in range(12):  # everyone has a conversation already
         await desk.say("hi", user=f"v{i}")
-    with counting_transactions(desk) as begun:
+    with counting(desk, "begin") as begun:
         results = await asyncio.gather(
             *(desk.core.manager.handle(desk.inbound("thanks", user=f"v{i}")) for i in range(12))
         )
@@ -200,7 +185,7 @@ async def test_first_time_senders_of_a_round_are_opened_together(desk: Desk) -> 
             }
         )
     )
-    with counting_statements(desk) as statements:
+    with counting(desk, "before_cursor_execute") as statements:
         results = await asyncio.gather(*(desk.core.manager.handle(i) for i in inbounds))
     assert all(not r.duplicate and r.outbox_ids for r in results)
     assert statements[0] < 20  # for the round, not three or more for each first-timer
