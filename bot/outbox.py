@@ -357,8 +357,9 @@ class OutboxDispatcher:
                 results = await channel.send_batch([outbound for _, _, outbound in items])
             if len(results) != len(items):
                 raise TransientError(f"{len(results)} results for {len(items)} messages")
-        except Exception as exc:
-            results = [exc] * len(items)
+        except Exception as exc:  # the whole batch failed: read (and log) it once
+            error = self._read_error(kind, items[0][0], exc)
+            return [_Outcome(row_id, error=error) for row_id, _, _ in items]
         outcomes = []
         for (row_id, _, _), result in zip(items, results, strict=True):
             if isinstance(result, Exception):
