@@ -2,14 +2,16 @@
 
 Run: .venv/bin/python benchmarks/email_throughput.py [--mails 1000] [--sends 1000]
 
-- ingest: N mails APPENDed to a Dovecot mailbox, then the live EmailChannel feeds them to
-  the real core (``build_core`` on SQLite, or with ``--postgres URL`` on a scratch
-  PostgreSQL database: receipt, person, conversation, routing, outbox row, commit), claims
-  the move and holds the mailbox as ``deskbot run`` wires them (``claim_archive``,
-  ``mailbox_lock``) and moves each to Processed. Beside it, a bare aioimaplib fetch of
-  the same N mails (``UID FETCH … BODY.PEEK[]`` in batches of 100) measured in the same
-  run. The CPU time of this process
-  (all threads) while the channel works is printed per mail; Dovecot's is not in it.
+- ingest: N mails APPENDed to a Dovecot mailbox, each from a new sender and each a
+  complete report that opens a ticket (the run checks that every one did), then the live
+  EmailChannel feeds them to the real core (``build_core`` on SQLite, or with
+  ``--postgres URL`` on a scratch PostgreSQL database: receipt, person, conversation,
+  routing, ticket, outbox row, commit), claims the move and holds the mailbox as
+  ``deskbot run`` wires them (``claim_archive``, ``mailbox_lock``) and moves each to
+  Processed. Beside it, a bare aioimaplib fetch of the same N mails (``UID FETCH …
+  BODY.PEEK[]`` in batches of 100) measured in the same run. The CPU time of this
+  process (all threads) while the channel works is printed per mail; Dovecot's is not in
+  it.
 - send: N outbox rows (one reply in each of N conversations, queued with the core's
   ``enqueue_reply``) delivered by the core's ``OutboxDispatcher`` (claim, stamp, send,
   settle on SQLite) through ``EmailChannel`` (render + a pool of ``--connections`` reused
@@ -143,7 +145,10 @@ async def ingest(n: int, postgres: str | None = None) -> tuple[float, float, flo
             for i in range(n):
                 raw = mail(
                     f"Subject: {SUBJECTS[i % len(SUBJECTS)]} #{i}",
-                    f"Hello, my {SUBJECTS[i % len(SUBJECTS)]} since this morning. Case {i}.",
+                    # a complete report: the service, who is affected and how badly, so
+                    # each mail opens a ticket at once (and is acknowledged with its number)
+                    f"Hello, my {SUBJECTS[i % len(SUBJECTS)]} since this morning and I "
+                    f"cannot work at all. It is only me. Case {i}.",
                     sender=f"Person {i} <p{i}@corp.test>",
                     message_id=f"bench-{i}",
                 )
@@ -204,6 +209,8 @@ async def _ingest_into(
     cpu_ms = (time.process_time() - cpu) / n * 1000
     await channel.stop()
     assert sum(not r.duplicate for r in results) == n
+    opened = sum(r.route == "ticket.opened" for r in results)
+    assert opened == n, f"only {opened} of {n} mails opened a ticket"
     return n / elapsed, bare, cpu_ms
 
 

@@ -344,8 +344,15 @@ class ConversationManager:
             state = _Round(session, now, known_people, known_threads, StagedReplies(session))
             await self._first_timers(state, live)
             handled: list[_Handled | None] = []
+            tickets = Tickets(session)
+            left = len(live)
             for inbound, new in zip(inbounds, fresh, strict=True):
-                handled.append(await self._turn(state, inbound) if new else None)
+                if not new:
+                    handled.append(None)
+                    continue
+                tickets.reserve_numbers(left)  # at most a ticket per message left
+                handled.append(await self._turn(state, inbound))
+                left -= 1
             written = await state.replies.write(
                 now=now, claim=self.outbox.claim_on_insert if self.outbox is not None else None
             )

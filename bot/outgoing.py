@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.turn import Reply
 from bot.types import Outbound
 from storage.models import Conversation
-from storage.repositories import Conversations, MessageRow, Outbox
+from storage.repositories import Conversations, MessageRow, Outbox, write_staged_rows
 
 
 @dataclass(slots=True)
@@ -122,8 +122,10 @@ class StagedReplies:
         return positions
 
     async def flush(self) -> None:
-        """Flush the session and insert the messages staged so far (they get their ids)."""
+        """Flush the session, write the rows kept for later (ticket events, refused
+        questions) and insert the messages staged so far (they get their ids)."""
         await self.session.flush()
+        await write_staged_rows(self.session)
         messages, self._messages = self._messages, []
         await Conversations(self.session).insert_messages(messages)
         self.people.clear()

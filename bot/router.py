@@ -569,6 +569,7 @@ class DeskRouter:
             requester=turn.person,
             conversation=turn.conversation,
             now=turn.now,
+            flush=False,  # written with the round; the reply needs only its number
         )
         turn.say(
             f"I've opened service request **{ticket.number}** ({spec['title'].lower()}). "
@@ -640,6 +641,7 @@ class DeskRouter:
             conversation=turn.conversation,
             now=turn.now,
             reopened_from=ticket,
+            flush=False,
         )
         turn.say(
             f"{ticket.number} was closed a while ago, so I've opened **{new.number}** as a "
@@ -841,6 +843,7 @@ class DeskRouter:
             requester=turn.person,
             conversation=turn.conversation,
             now=turn.now,
+            flush=False,  # written with the round; the reply needs only its number
         )
         text = (
             f"I've opened **{ticket.number}** for {service.name if service else 'this'} — "

@@ -55,7 +55,15 @@ class TicketDesk:
         now: datetime,
         actor_kind: str = "bot",
         reopened_from: Ticket | None = None,
+        flush: bool = True,
     ) -> Ticket:
+        """Open a ticket with its number, priority and reason, and log it.
+
+        With ``flush=False`` (a turn of the conversation manager's round) the ticket, its
+        event and the conversation's link to it are written at the session's next flush,
+        with the round's other tickets: the ticket has its number and priority at once,
+        its id after that flush.
+        """
         repo = Tickets(session)
         vip = bool(requester.is_vip) or self.catalog.is_vip(requester.email)
         decision = self.catalog.priority(
@@ -84,7 +92,7 @@ class TicketDesk:
             created_at=now,
             updated_at=now,
         )
-        await repo.add(ticket)
+        await repo.add(ticket, flush=False)
         await repo.log(
             ticket,
             action="opened",
@@ -96,10 +104,13 @@ class TicketDesk:
                 "vip_uplift": decision.vip_uplift,
                 "reopened_from": reopened_from.number if reopened_from else None,
             },
+            flush=False,
         )
         if conversation is not None:
-            conversation.ticket_id = ticket.id
+            conversation.ticket = ticket  # ticket_id follows at the flush
             conversation.agent_group = ticket.agent_group
+        if flush:
+            await session.flush()
         logger.info("ticket.opened number=%s priority=%s", ticket.number, ticket.priority)
         return ticket
 

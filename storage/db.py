@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,13 @@ from sqlalchemy.ext.asyncio import (
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BEFORE_COMMIT_KEY = "deskbot.before_commit"
+
+
+def before_commit(session: AsyncSession, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work`` in this unit of work just before it commits (rows kept to be written
+    together, ticket numbers reserved and not used); not at all if it rolls back."""
+    session.info.setdefault(_BEFORE_COMMIT_KEY, []).append(work)
 
 
 def _prepare_sqlite(engine: AsyncEngine) -> None:
@@ -103,6 +110,8 @@ class Database:
         async with self.sessions() as session:
             try:
                 yield session
+                for work in session.info.pop(_BEFORE_COMMIT_KEY, ()):
+                    await work()
                 await session.commit()
             except BaseException:
                 await session.rollback()

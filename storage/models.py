@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -141,6 +141,14 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_inbound_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    # for writing only: a ticket opened in the same flush gets its id into ticket_id by a
+    # second UPDATE (post_update, since tickets point back here); never read (lazy="raise")
+    ticket: Mapped[Ticket | None] = relationship(
+        primaryjoin="foreign(Conversation.ticket_id) == Ticket.id",
+        post_update=True,
+        lazy="raise",
+    )
 
 
 class Message(Base):

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.db import before_commit
 from storage.models import (
     Agent,
     Alert,
@@ -165,6 +166,37 @@ async def insert_entity(
     values = {**_defaults(model.__table__, values), **values}
     stmt = _insert_entity(model, tuple(values), tuple(conflict))
     return (await session.execute(stmt, values)).scalar_one_or_none()
+
+
+_STAGED_ROWS_KEY = "deskbot.staged_rows"
+
+
+def stage_row(session: AsyncSession, table: Any, row: dict[str, Any]) -> None:
+    """Keep a row to insert with :func:`write_staged_rows`: rows nobody reads back in the
+    same transaction, written a table at a time in one executemany. A value may be a
+    ticket not flushed yet; its ``id`` is read when the rows are written."""
+    staged: dict[Any, list[dict[str, Any]]] | None = session.info.get(_STAGED_ROWS_KEY)
+    if staged is None:
+        staged = session.info[_STAGED_ROWS_KEY] = {}
+        before_commit(session, lambda: write_staged_rows(session))
+    staged.setdefault(table, []).append(row)
+
+
+async def write_staged_rows(session: AsyncSession) -> None:
+    """Insert what :func:`stage_row` kept, after flushing the session (so the objects the
+    rows name have their ids). ``Database.transaction`` calls it before every commit."""
+    staged: dict[Any, list[dict[str, Any]]] | None = session.info.pop(_STAGED_ROWS_KEY, None)
+    if not staged:
+        return
+    await session.flush()
+    for table, rows in staged.items():
+        values = [{k: _resolved(v) for k, v in row.items()} for row in rows]
+        await session.execute(insert(table), values)
+
+
+def _resolved(value: Any) -> Any:
+    """A ticket's id (it has one once flushed), any other value as it is."""
+    return value.id if isinstance(value, Ticket) else value
 
 
 @functools.cache
@@ -1199,6 +1231,24 @@ class Outbox:
         return {status: int(count) for status, count in rows.all()}
 
 
+_NUMBER_BLOCKS_KEY = "deskbot.ticket_numbers"  # prefix → [next, last] reserved
+_NUMBER_BLOCK_SIZE_KEY = "deskbot.ticket_number_block"
+_RELEASE_NUMBERS = text(
+    "UPDATE ticket_counters SET last_value = :used WHERE prefix = :prefix AND last_value = :last"
+)
+
+
+@functools.cache
+def _reserve_numbers() -> Any:
+    return _upsert(
+        TicketCounter,
+        ("prefix", "last_value"),
+        ("prefix",),
+        "DO UPDATE SET last_value = ticket_counters.last_value + excluded.last_value",
+        "last_value",
+    )
+
+
 class Tickets:
     """Tickets, their numbers and event log."""
 
@@ -1208,20 +1258,45 @@ class Tickets:
         self.session = session
 
     async def next_number(self, kind: str) -> str:
+        """The next ticket number of ``kind``, gap-free.
+
+        Numbers are reserved from the counter in blocks of :meth:`reserve_numbers` (one
+        by default), so a round that opens many tickets bumps the counter once; the
+        counter's row stays locked by this transaction until it ends, so what was not used
+        goes back before the commit (:meth:`release_numbers`) and no number is skipped."""
         prefix = self.PREFIXES[kind]
-        stmt = _upsert(
-            TicketCounter,
-            ("prefix", "last_value"),
-            ("prefix",),
-            "DO UPDATE SET last_value = ticket_counters.last_value + 1",
-            "last_value",
-        )
-        value = (await self.session.execute(stmt, {"prefix": prefix, "last_value": 1})).scalar_one()
+        blocks: dict[str, list[int]] = self.session.info.setdefault(_NUMBER_BLOCKS_KEY, {})
+        block = blocks.get(prefix)
+        if block is None or block[0] > block[1]:
+            size = max(1, int(self.session.info.get(_NUMBER_BLOCK_SIZE_KEY, 1)))
+            reserve = {"prefix": prefix, "last_value": size}
+            last = (await self.session.execute(_reserve_numbers(), reserve)).scalar_one()
+            before_commit(self.session, self.release_numbers)
+            block = blocks[prefix] = [last - size + 1, last]
+        value = block[0]
+        block[0] += 1
         return f"{prefix}-{value:06d}"
 
-    async def add(self, ticket: Ticket) -> Ticket:
+    def reserve_numbers(self, size: int) -> None:
+        """Reserve this many numbers at a time from now on in this transaction (the
+        conversation manager: the messages left in a round)."""
+        self.session.info[_NUMBER_BLOCK_SIZE_KEY] = size
+
+    async def release_numbers(self) -> None:
+        """Give back the reserved numbers not used, before the commit."""
+        blocks: dict[str, list[int]] | None = self.session.info.pop(_NUMBER_BLOCKS_KEY, None)
+        for prefix, (next_value, last) in (blocks or {}).items():
+            if next_value <= last:
+                await self.session.execute(
+                    _RELEASE_NUMBERS, {"prefix": prefix, "used": next_value - 1, "last": last}
+                )
+
+    async def add(self, ticket: Ticket, *, flush: bool = True) -> Ticket:
+        """Add a ticket; with ``flush=False`` it is inserted at the session's next flush
+        (with the other tickets of a round), and gets its id then."""
         self.session.add(ticket)
-        await self.session.flush()
+        if flush:
+            await self.session.flush()
         return ticket
 
     async def get(self, ticket_id: int) -> Ticket | None:
@@ -1251,16 +1326,23 @@ class Tickets:
         actor_id: int | None = None,
         public: bool = True,
         detail: dict[str, Any] | None = None,
-    ) -> TicketEvent:
-        event = TicketEvent(
-            ticket_id=ticket.id,
-            at=now,
-            actor_kind=actor_kind,
-            actor_id=actor_id,
-            action=action,
-            public=public,
-            detail=detail or {},
-        )
+        flush: bool = True,
+    ) -> TicketEvent | None:
+        """Log an event of ``ticket``. With ``flush=False`` the event is a staged row
+        (:func:`stage_row`), written after its ticket with the transaction's other events,
+        and None is returned."""
+        values = {
+            "at": now,
+            "actor_kind": actor_kind,
+            "actor_id": actor_id,
+            "action": action,
+            "public": public,
+            "detail": detail or {},
+        }
+        if not flush:
+            stage_row(self.session, TicketEvent.__table__, {"ticket_id": ticket, **values})
+            return None
+        event = TicketEvent(ticket_id=ticket.id, **values)
         self.session.add(event)
         await self.session.flush()
         return event
@@ -1430,14 +1512,16 @@ class KnowledgeFeedback:
         best_article_id: str | None,
         best_confidence: float | None,
     ) -> None:
-        self.session.add(
-            RefusedQuery(
-                query=query[:2000],
-                at=now,
-                conversation_id=conversation_id,
-                best_article_id=best_article_id,
-                best_confidence=best_confidence,
-            )
+        stage_row(
+            self.session,
+            RefusedQuery.__table__,
+            {
+                "query": query[:2000],
+                "at": now,
+                "conversation_id": conversation_id,
+                "best_article_id": best_article_id,
+                "best_confidence": best_confidence,
+            },
         )  # written with the turn's other rows
 
     async def refused_queries(self, *, limit: int = 100) -> list[RefusedQuery]:

@@ -252,3 +252,108 @@ async def test_a_first_time_sender_racing_on_two_nodes_is_one_person(
     finally:
         for core in cores:
             await core.db.dispose()
+
+
+async def test_a_round_of_reports_opens_gap_free_tickets_with_their_events(desk: Desk) -> None:
+    from storage.models import Conversation, Ticket, TicketCounter, TicketEvent
+
+    await desk.say("my laptop will not start and I cannot work at all, only me", user="first")
+    reports = [
+        desk.inbound(
+            f"my laptop will not start and I cannot work at all, only me ({i})", user=f"r{i}"
+        )
+        for i in range(6)
+    ]
+    chat = [desk.inbound("thanks", user=f"c{i}") for i in range(3)]  # no ticket for these
+    results = await asyncio.gather(
+        *(desk.core.manager.handle(i) for i in [*reports[:3], *chat, *reports[3:]])
+    )
+    assert [r.route for r in results].count("ticket.opened") == 6
+    async with desk.core.db.read() as session:
+        tickets = list((await session.execute(select(Ticket).order_by(Ticket.id))).scalars())
+        events = list((await session.execute(select(TicketEvent))).scalars())
+        counter = (await session.execute(select(TicketCounter))).scalar_one()
+        links = {c.id: c.ticket_id for c in (await session.execute(select(Conversation))).scalars()}
+    numbers = [t.number for t in tickets]
+    assert numbers == [f"INC-{n:06d}" for n in range(1, 8)]  # one before, six in the round
+    assert counter.last_value == 7  # what the round reserved and did not use went back
+    assert sorted((e.ticket_id, e.action) for e in events) == [(t.id, "opened") for t in tickets]
+    for ticket in tickets:
+        assert links[ticket.conversation_id] == ticket.id
+    replies = await desk.delivered()
+    assert {n for n in numbers[1:]} <= {r.ticket_number for r in replies}
+
+
+async def test_rows_kept_for_the_commit_are_written_then_and_not_after_a_rollback(
+    desk: Desk,
+) -> None:
+    from sqlalchemy import func
+
+    from storage.models import RefusedQuery
+    from storage.repositories import KnowledgeFeedback
+
+    db = desk.core.db
+    async with db.transaction() as session:
+        KnowledgeFeedback(session).refused(
+            "kept",
+            now=desk.clock.now(),
+            conversation_id=None,
+            best_article_id=None,
+            best_confidence=None,
+        )
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            KnowledgeFeedback(session).refused(
+                "dropped",
+                now=desk.clock.now(),
+                conversation_id=None,
+                best_article_id=None,
+                best_confidence=None,
+            )
+            raise RuntimeError("the unit of work fails")
+    async with db.read() as session:
+        kept = list((await session.execute(select(RefusedQuery.query))).scalars())
+        assert (await session.execute(select(func.count()).select_from(RefusedQuery))).scalar() == 1
+    assert kept == ["kept"]
+
+
+async def test_two_nodes_opening_tickets_at_once_share_one_gap_free_sequence(
+    database: object, tmp_path: Path, sample_kb: KnowledgeBase
+) -> None:
+    from bot.main import build_core
+    from storage.models import Ticket, TicketCounter
+    from tests.conftest import make_settings
+
+    assert isinstance(database, Database)
+    cores = [
+        build_core(
+            make_settings(tmp_path / name), database=Database(database.url), knowledge=sample_kb
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        report = "my laptop will not start and I cannot work at all, only me"
+        results = await asyncio.gather(
+            *(
+                core.manager.handle(
+                    Inbound(
+                        channel="memory",
+                        external_id=f"{name}-{i}",
+                        sender=Sender(external_id=f"{name}-{i}"),
+                        text=f"{report} ({name} {i})",
+                        thread_key=f"dm:{name}-{i}",
+                    )
+                )
+                for name, core in zip("ab", cores, strict=True)
+                for i in range(5)
+            )
+        )
+        assert [r.route for r in results].count("ticket.opened") == 10
+        async with cores[0].db.read() as session:
+            numbers = sorted((await session.execute(select(Ticket.number))).scalars())
+            counter = (await session.execute(select(TicketCounter))).scalar_one()
+        assert numbers == [f"INC-{n:06d}" for n in range(1, 11)]
+        assert counter.last_value == 10
+    finally:
+        for core in cores:
+            await core.db.dispose()
