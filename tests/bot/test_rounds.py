@@ -7,14 +7,15 @@ being handled, which ``asyncio.gather`` of ``handle`` calls does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
 
 from bot.errors import RejectedInput
+from bot.main import Core
 from bot.turn import Turn
 from bot.types import Inbound, Sender
 from knowledge import KnowledgeBase
@@ -38,6 +39,28 @@ def counting(desk: Desk, engine_event: str) -> Iterator[list[int]]:
         yield seen
     finally:
         event.remove(engine, engine_event, count)
+
+
+@asynccontextmanager
+async def two_nodes(
+    database: object, tmp_path: Path, sample_kb: KnowledgeBase
+) -> AsyncIterator[list[Core]]:
+    """Two cores on the desk's database, each with its own engine, as two nodes are."""
+    from bot.main import build_core
+    from tests.conftest import make_settings
+
+    assert isinstance(database, Database)
+    cores = [
+        build_core(
+            make_settings(tmp_path / name), database=Database(database.url), knowledge=sample_kb
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        yield cores
+    finally:
+        for core in cores:
+            await core.db.dispose()
 
 
 async def _count(desk: Desk, model: type) -> int:
@@ -211,24 +234,12 @@ async def test_first_time_senders_of_a_round_are_opened_together(desk: Desk) -> 
 async def test_a_first_time_sender_racing_on_two_nodes_is_one_person(
     database: object, tmp_path: Path, sample_kb: KnowledgeBase
 ) -> None:
-    from bot.main import build_core
     from storage.models import Identity, Person
-    from tests.conftest import make_settings
 
-    assert isinstance(database, Database)
-    cores = [
-        build_core(
-            make_settings(tmp_path / name),
-            database=Database(database.url),
-            knowledge=sample_kb,
-        )
-        for name in ("a", "b")
-    ]
-    try:
-        sender = Sender(external_id="racer", display_name="Racer", email="r@corp.test")
+    async with two_nodes(database, tmp_path, sample_kb) as cores:
         sender = Sender(
-            **{**{n: getattr(sender, n) for n in sender.__slots__}, "email_verified": True}
-        )  # type: ignore[attr-defined]
+            external_id="racer", display_name="Racer", email="r@corp.test", email_verified=True
+        )
         results = await asyncio.gather(
             *(
                 core.manager.handle(
@@ -249,9 +260,6 @@ async def test_a_first_time_sender_racing_on_two_nodes_is_one_person(
             identities = list((await session.execute(select(Identity))).scalars())
         assert [p.email for p in people] == ["r@corp.test"]
         assert [(i.external_id, i.person_id) for i in identities] == [("racer", people[0].id)]
-    finally:
-        for core in cores:
-            await core.db.dispose()
 
 
 async def test_a_round_of_reports_opens_gap_free_tickets_with_their_events(desk: Desk) -> None:
@@ -320,18 +328,9 @@ async def test_rows_kept_for_the_commit_are_written_then_and_not_after_a_rollbac
 async def test_two_nodes_opening_tickets_at_once_share_one_gap_free_sequence(
     database: object, tmp_path: Path, sample_kb: KnowledgeBase
 ) -> None:
-    from bot.main import build_core
     from storage.models import Ticket, TicketCounter
-    from tests.conftest import make_settings
 
-    assert isinstance(database, Database)
-    cores = [
-        build_core(
-            make_settings(tmp_path / name), database=Database(database.url), knowledge=sample_kb
-        )
-        for name in ("a", "b")
-    ]
-    try:
+    async with two_nodes(database, tmp_path, sample_kb) as cores:
         report = "my laptop will not start and I cannot work at all, only me"
         results = await asyncio.gather(
             *(
@@ -354,6 +353,3 @@ async def test_two_nodes_opening_tickets_at_once_share_one_gap_free_sequence(
             counter = (await session.execute(select(TicketCounter))).scalar_one()
         assert numbers == [f"INC-{n:06d}" for n in range(1, 11)]
         assert counter.last_value == 10
-    finally:
-        for core in cores:
-            await core.db.dispose()
