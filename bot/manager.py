@@ -516,8 +516,10 @@ class ConversationManager:
         if not first:
             return
         people = People(state.session)
+        emails = [_verified_email(i) for i in first]
         opened = await people.open_many(
-            [(_verified_email(i), i.sender.display_name) for i in first], now=state.now
+            [(email, i.sender.display_name) for email, i in zip(emails, first, strict=True)],
+            now=state.now,
         )
         owners = await people.link_identities(
             [
@@ -526,10 +528,10 @@ class ConversationManager:
                     "channel": inbound.channel,
                     "external_id": inbound.sender.external_id,
                     "display_name": inbound.sender.display_name,
-                    "email": _verified_email(inbound),
-                    "verified": _verified_email(inbound) is not None,
+                    "email": email,
+                    "verified": email is not None,
                 }
-                for inbound, (person, _) in zip(first, opened, strict=True)
+                for inbound, email, (person, _) in zip(first, emails, opened, strict=True)
             ],
             now=state.now,
         )

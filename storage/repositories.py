@@ -207,11 +207,13 @@ def _insert_rows(
     shared: tuple[str, ...],
     count: int,
     conflict: tuple[str, ...],
+    returning: tuple[str, ...] | None,
 ) -> Any:
-    """``INSERT`` of several rows ``[ON CONFLICT (…) DO NOTHING] RETURNING`` every column,
-    loaded as the model's entities. ``varying`` columns differ per row, ``shared`` ones
-    are bound once. PostgreSQL: one array per varying column, unnested (the same text for
-    any number of rows); SQLite: a VALUES list of ``count`` rows."""
+    """``INSERT`` of several rows ``[ON CONFLICT (…) DO NOTHING] RETURNING`` the columns
+    ``returning``, or every column loaded as the model's entities (``None``). ``varying``
+    columns differ per row, ``shared`` ones are bound once. PostgreSQL: one array per
+    varying column, unnested (the same text for any number of rows); SQLite: a VALUES
+    list of ``count`` rows."""
     table = model.__table__
     binds = [bindparam(c, type_=table.c[c].type) for c in shared]
     if postgres:
@@ -230,8 +232,37 @@ def _insert_rows(
     sql = f"INSERT INTO {table.name} ({', '.join(varying + shared)}) {source}"
     if conflict:
         sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-    sql += " RETURNING " + ", ".join(c.name for c in table.columns)
-    return select(model).from_statement(text(sql).bindparams(*binds).columns(*table.columns))
+    columns = [table.c[c] for c in returning] if returning else list(table.columns)
+    sql += " RETURNING " + ", ".join(c.name for c in columns)
+    stmt = text(sql).bindparams(*binds).columns(*columns)
+    return stmt if returning else select(model).from_statement(stmt)
+
+
+async def _insert_many(
+    session: AsyncSession,
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    shared: dict[str, Any],
+    conflict: Sequence[str],
+    returning: tuple[str, ...] | None,
+) -> Any:
+    """Run :func:`_insert_rows` for ``rows`` (the same columns each; ``shared`` and the
+    model's Python-side defaults complete them): its result."""
+    varying = tuple(rows[0])
+    shared = {**_defaults(model.__table__, {**rows[0], **shared}), **shared}
+    postgres = _is_postgres(session)
+    count = 0 if postgres else len(rows)
+    stmt = _insert_rows(postgres, model, varying, tuple(shared), count, tuple(conflict), returning)
+    params = dict(shared)
+    if postgres:
+        for column in varying:
+            params[column] = [row[column] for row in rows]
+    else:
+        for i, row in enumerate(rows):
+            for column in varying:
+                params[f"{column}__{i}"] = row[column]
+    return await session.execute(stmt, params)
 
 
 async def insert_entities(
@@ -242,39 +273,19 @@ async def insert_entities(
     shared: dict[str, Any],
     conflict: Sequence[str] = (),
 ) -> list[Any]:
-    """Insert ``rows`` (the same columns each; ``shared`` and the model's Python-side
-    defaults complete them) in one statement, skipping those whose ``conflict`` columns
-    exist already: the rows inserted, as persistent ORM objects, in no promised order."""
+    """Insert ``rows`` in one statement, skipping those whose ``conflict`` columns exist
+    already: the rows inserted, as persistent ORM objects, in no promised order."""
     if not rows:
         return []
-    varying = tuple(rows[0])
-    shared = {**_defaults(model.__table__, {**rows[0], **shared}), **shared}
-    postgres = _is_postgres(session)
-    stmt = _insert_rows(
-        postgres, model, varying, tuple(shared), 0 if postgres else len(rows), tuple(conflict)
+    result = await _insert_many(
+        session, model, rows, shared=shared, conflict=conflict, returning=None
     )
-    params = dict(shared)
-    if postgres:
-        for column in varying:
-            params[column] = [row[column] for row in rows]
-    else:
-        for i, row in enumerate(rows):
-            for column in varying:
-                params[f"{column}__{i}"] = row[column]
-    return list((await session.execute(stmt, params)).scalars())
+    return list(result.scalars())
 
 
 # Queries run for nearly every inbound message, built once: a statement built per call
 # costs its construction and its cache key again each time (a large share of a message's
 # CPU); these reuse both.
-_PERSON_BY_IDENTITY = (
-    select(Person)
-    .join(Identity, Identity.person_id == Person.id)
-    .where(
-        Identity.channel == bindparam("channel"),
-        Identity.external_id == bindparam("external_id"),
-    )
-)
 _CONVERSATION_BY_THREAD = select(Conversation).where(
     Conversation.channel == bindparam("channel"),
     Conversation.thread_key == bindparam("thread_key"),
@@ -294,16 +305,6 @@ _ACTIVE_OUTAGES_KEY = "deskbot.active_outages"
 _RECEIPTS_NAMED = (
     InboundReceipt.channel == bindparam("b_channel"),
     InboundReceipt.external_id.in_(bindparam("b_external_ids", expanding=True)),
-)
-_SETTLE_RECEIPTS = (
-    update(InboundReceipt)
-    .where(*_RECEIPTS_NAMED)
-    .values(
-        status=bindparam("b_status"),
-        reason=bindparam("b_reason"),
-        message_id=bindparam("b_message_id"),
-    )
-    .execution_options(synchronize_session=False)
 )
 _CLAIM_ARCHIVES = (
     update(InboundReceipt)
@@ -368,52 +369,6 @@ def _conversations_by_threads(postgres: bool) -> Any:
         Conversation.channel == bindparam("channel"),
         _one_of(Conversation.thread_key, "thread_keys", postgres=postgres),
     )
-
-
-_RECEIPT_ROW_COLUMNS = ("channel", "external_id", "status", "received_at")
-_RECEIPTS_UNNEST = (
-    text(
-        "INSERT INTO inbound_receipts (channel, external_id, status, received_at) "
-        "SELECT r.channel, r.external_id, :status, :received_at "
-        "FROM unnest(CAST(:channels AS VARCHAR[]), CAST(:external_ids AS VARCHAR[])) "
-        "AS r(channel, external_id) "
-        "ON CONFLICT (channel, external_id) DO NOTHING "
-        "RETURNING id, channel, external_id"
-    )
-    .bindparams(
-        bindparam("status", type_=InboundReceipt.__table__.c.status.type),
-        bindparam("received_at", type_=InboundReceipt.__table__.c.received_at.type),
-        bindparam("channels", type_=ARRAY(String())),
-        bindparam("external_ids", type_=ARRAY(String())),
-    )
-    .columns(
-        InboundReceipt.__table__.c.id,
-        InboundReceipt.__table__.c.channel,
-        InboundReceipt.__table__.c.external_id,
-    )
-)
-
-
-@functools.cache
-def _receipts_values(count: int) -> TextualSelect:
-    """SQLite: one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` of ``count``
-    (channel, external id) rows sharing a status and a time."""
-    table: Any = InboundReceipt.__table__
-    rows = ", ".join(
-        f"(:channel_{i}, :external_id_{i}, :status, :received_at)" for i in range(count)
-    )
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(_RECEIPT_ROW_COLUMNS)}) VALUES {rows} "
-        "ON CONFLICT (channel, external_id) DO NOTHING RETURNING id, channel, external_id"
-    )
-    binds = [
-        bindparam("status", type_=table.c.status.type),
-        bindparam("received_at", type_=table.c.received_at.type),
-    ]
-    for i in range(count):
-        binds.append(bindparam(f"channel_{i}", type_=table.c.channel.type))
-        binds.append(bindparam(f"external_id_{i}", type_=table.c.external_id.type))
-    return text(sql).bindparams(*binds).columns(table.c.id, table.c.channel, table.c.external_id)
 
 
 # one receipt row per parameter set (an executemany): a message's receipt and its aliases
@@ -498,21 +453,19 @@ class Receipts:
         external id, alias ids), no id shared between two entries; whether each is new."""
         if not entries:
             return []
-        pairs = [(channel, key) for channel, first, alts in entries for key in (first, *alts)]
-        params: dict[str, Any] = {"status": "handled", "received_at": now}
-        if _is_postgres(self.session):
-            stmt: Any = _RECEIPTS_UNNEST
-            params["channels"] = [channel for channel, _ in pairs]
-            params["external_ids"] = [key for _, key in pairs]
-        else:
-            stmt = _receipts_values(len(pairs))
-            for i, (channel, key) in enumerate(pairs):
-                params[f"channel_{i}"] = channel
-                params[f"external_id_{i}"] = key
-        inserted = {
-            (row.channel, row.external_id): row.id
-            for row in (await self.session.execute(stmt, params)).all()
-        }
+        result = await _insert_many(
+            self.session,
+            InboundReceipt,
+            [
+                {"channel": channel, "external_id": key}
+                for channel, first, alts in entries
+                for key in (first, *alts)
+            ],
+            shared={"received_at": now},
+            conflict=("channel", "external_id"),
+            returning=("id", "channel", "external_id"),
+        )
+        inserted = {(row.channel, row.external_id): row.id for row in result.all()}
         fresh: list[bool] = []
         for channel, first, alts in entries:
             ids = [first, *alts]
@@ -554,27 +507,6 @@ class Receipts:
         ]
         if rows:
             await self.session.execute(_SETTLE_RECEIPT_ROW, rows)
-
-    async def settle(
-        self,
-        channel: str,
-        external_id: str,
-        *,
-        status: str,
-        reason: str | None,
-        message_id: int | None,
-        alt_ids: Sequence[str] = (),
-    ) -> None:
-        await self.session.execute(
-            _SETTLE_RECEIPTS,
-            {
-                "b_channel": channel,
-                "b_external_ids": [external_id, *alt_ids],
-                "b_status": status,
-                "b_reason": reason,
-                "b_message_id": message_id,
-            },
-        )
 
     async def claim_archive(
         self, channel: str, external_id: str, *, now: datetime, stale_after: timedelta
@@ -625,14 +557,6 @@ class People:
     async def by_email(self, email: str) -> Person | None:
         return (
             await self.session.execute(select(Person).where(Person.email == email.lower()))
-        ).scalar_one_or_none()
-
-    async def by_identity(self, channel: str, external_id: str) -> Person | None:
-        """The person behind a channel identity, in one query."""
-        return (
-            await self.session.execute(
-                _PERSON_BY_IDENTITY, {"channel": channel, "external_id": external_id}
-            )
         ).scalar_one_or_none()
 
     async def by_identities(self, channel: str, external_ids: Sequence[str]) -> dict[str, Person]:
@@ -692,8 +616,9 @@ class People:
         self, senders: Sequence[tuple[str | None, str | None]], *, now: datetime
     ) -> list[tuple[Person, bool]]:
         """People for several first-time senders, (verified email or None, display name)
-        each, as :meth:`open_by_email` or :meth:`create` would make them one by one:
-        ``(person, created here)`` per sender, in order, in a few statements."""
+        each, as :meth:`open_by_email` would make them one by one (and a new person for
+        each sender without one): ``(person, created here)`` per sender, in order, in a
+        few statements."""
         wanted: dict[str, str | None] = {}  # email → the display name of its first sender
         for email, name in senders:
             if email is not None:
@@ -734,9 +659,10 @@ class People:
     async def link_identities(
         self, links: Sequence[dict[str, Any]], *, now: datetime
     ) -> dict[tuple[str, str], int]:
-        """:meth:`link_identity` for several identities (``person_id``, ``channel``,
-        ``external_id``, ``display_name``, ``email``, ``verified`` each) in one INSERT:
-        ``{(channel, external id): the person it belongs to}``."""
+        """Link several channel identities (``person_id``, ``channel``, ``external_id``,
+        ``display_name``, ``email``, ``verified`` each) in one INSERT: ``{(channel,
+        external id): the person it belongs to}``, another one's when a concurrent first
+        message linked it first."""
         rows = [
             {**link, "email": link["email"].lower() if link["email"] else None} for link in links
         ]
@@ -755,47 +681,6 @@ class People:
                 assert identity is not None
                 owners[key] = identity.person_id
         return owners
-
-    async def create(self, *, display_name: str | None, now: datetime) -> Person:
-        person = Person(
-            display_name=display_name, created_at=now, is_vip=False, email_bouncing=False
-        )
-        self.session.add(person)
-        await self.session.flush()
-        return person
-
-    async def link_identity(
-        self,
-        person_id: int,
-        *,
-        channel: str,
-        external_id: str,
-        display_name: str | None,
-        email: str | None,
-        verified: bool,
-        now: datetime,
-    ) -> int:
-        """Link a channel identity to ``person_id``; the id of the person it belongs to
-        (another one when a concurrent first message linked it first)."""
-        new_id = await insert_ignore(
-            self.session,
-            Identity,
-            {
-                "person_id": person_id,
-                "channel": channel,
-                "external_id": external_id,
-                "display_name": display_name,
-                "email": email.lower() if email else None,
-                "verified": verified,
-                "created_at": now,
-            },
-            ("channel", "external_id"),
-        )
-        if new_id is not None:
-            return person_id
-        identity = await self.identity(channel, external_id)
-        assert identity is not None
-        return identity.person_id
 
     async def mark_bouncing(self, email: str) -> bool:
         result = await self.session.execute(
