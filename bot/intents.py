@@ -166,6 +166,7 @@ THRESHOLDS: dict[str, float] = {
 DEFAULT_THRESHOLD = 82.0
 SCORE_CUTOFF = min(DEFAULT_THRESHOLD, *THRESHOLDS.values())
 """No intent matches below this score, so the scorers may stop early under it."""
+_RECENT_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +270,21 @@ class IntentMatcher:
                 self._choices.append(utils.default_process(phrase))
                 self._labels.append(intent)
         self._examples = _Examples(self._choices)
+        # Recent outcomes by text (``None`` included): matching is a pure function of
+        # the text, and many people send the same few words ("vpn down?", "thanks").
+        self._recent: dict[str, IntentMatch | None] = {}
 
     def match(self, text: str) -> IntentMatch | None:
+        recent = self._recent
+        if text in recent:
+            return recent[text]
+        found = self._match(text)
+        if len(recent) >= _RECENT_SIZE:
+            recent.clear()  # a flood of distinct texts: start over, no LRU upkeep
+        recent[text] = found
+        return found
+
+    def _match(self, text: str) -> IntentMatch | None:
         processed = utils.default_process(text)
         if not processed:
             return None

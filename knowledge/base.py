@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 Decision = Literal["answer", "suggest", "refuse"]
 _MAX_SUGGESTIONS = 3
+_RESULT_CACHE_SIZE = 4096
 
 # (relative path, mtime_ns, size) of every file the KB depends on.
 _Signature = tuple[tuple[str, int, int], ...]
@@ -45,7 +46,7 @@ class SearchResult:
 
     query: str
     decision: Decision
-    matches: list[Match]
+    matches: tuple[Match, ...]
 
     @property
     def best(self) -> Match | None:
@@ -60,7 +61,7 @@ class SearchResult:
     @property
     def suggestions(self) -> list[Match]:
         """The candidates to offer when ``decision == "suggest"`` (empty otherwise)."""
-        return self.matches[:_MAX_SUGGESTIONS] if self.decision == "suggest" else []
+        return list(self.matches[:_MAX_SUGGESTIONS]) if self.decision == "suggest" else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,13 @@ class _State:
     calibration: Calibration
     errors: tuple[str, ...]
     signature: _Signature
+    # Recent results by (query, limit): a search is a pure function of the text and this
+    # state, and a desk hears the same words from many people at once (an outage, a
+    # broken update). Lives and dies with the state, so a reload or a new calibration
+    # starts empty.
+    results: dict[tuple[str, int], SearchResult] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def _scan(root: Path) -> _Signature:
@@ -230,16 +238,32 @@ class KnowledgeBase:
     # -- search -------------------------------------------------------------------------
 
     def search(self, query: str, *, limit: int = 5) -> SearchResult:
-        """Rank articles for ``query`` and decide: answer, suggest or refuse."""
+        """Rank articles for ``query`` and decide: answer, suggest or refuse.
+
+        The same text asked again of the same articles and calibration gets the same
+        result object back from a bounded cache (treat it as read-only).
+        """
         state = self._state  # one read: a concurrent refresh cannot mix two indexes
+        key = (query, limit)
+        cached = state.results.get(key)
+        if cached is not None:
+            return cached
+        result = self._search(state, query, limit)
+        if len(state.results) >= _RESULT_CACHE_SIZE:
+            state.results.clear()  # a flood of distinct texts: start over, no LRU upkeep
+        state.results[key] = result
+        return result
+
+    @staticmethod
+    def _search(state: _State, query: str, limit: int) -> SearchResult:
         calibration = state.calibration
         candidates = state.index.candidates(query, calibration.fusion, limit=limit)
         articles = state.index.articles
         confidences = calibration.confidences([c.features for c in candidates])
-        matches = [
+        matches = tuple(
             Match(article=articles[c.article], score=round(c.score, 6), confidence=conf)
             for c, conf in zip(candidates, confidences, strict=True)
-        ]
+        )
         if not matches:
             decision: Decision = "refuse"
         elif matches[0].confidence >= calibration.answer_threshold:

@@ -492,7 +492,7 @@ class Receipts:
         return fresh
 
     async def settle_many(self, settled: Sequence[dict[str, Any]]) -> None:
-        """:meth:`settle` for several messages in one executemany; each entry has
+        """Settle the receipts of several messages in one executemany; each entry has
         ``channel``, ``external_ids``, ``status``, ``reason`` and ``message_id``."""
         rows = [
             {

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz import fuzz, utils
@@ -80,3 +81,18 @@ def test_the_matcher_agrees_with_the_plain_rule_on_real_messages() -> None:
 def test_the_matcher_agrees_with_the_plain_rule_on_word_salad(words: list[str]) -> None:
     text = " ".join(words)
     assert IntentMatcher().match(text) == plain_match(text)
+
+
+def test_repeated_texts_come_from_the_bounded_cache_with_the_same_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bot.intents._RECENT_SIZE", 50)
+    matcher = IntentMatcher()
+    texts = _texts()[:200]
+    first = [matcher.match(t) for t in texts]
+    assert len(matcher._recent) <= 50
+    # a second pass: the last texts from the cache, the rest computed again; all agree
+    assert [matcher.match(t) for t in texts] == first == [plain_match(t) for t in texts]
+    found = next(m for m in first if m is not None)
+    text = texts[first.index(found)]
+    assert matcher.match(text) is matcher.match(text)

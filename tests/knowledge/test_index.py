@@ -357,4 +357,4 @@ def test_sparse_index_of_a_large_kb_ranks_and_refuses(
     # centroids nor the phrasing postings hold, so nothing is a candidate.
     assert sparse.index._query("the") is not None
     result = sparse.search("the")
-    assert result.decision == "refuse" and result.matches == []
+    assert result.decision == "refuse" and result.matches == ()
