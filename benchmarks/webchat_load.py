@@ -31,6 +31,12 @@ the most the server can answer, and the latency when it is that busy), then *pac
 saturation rate or at ``--paced-rate`` replies/s, each to one of the visitors not waiting
 for an answer: the latency at a given load, counted from each question's arrival).
 
+What they ask (``--texts``): *repeated*, the twelve QUESTIONS below in turn, so most texts
+of a round have been asked before and the knowledge search and intents answer them from
+their caches of recent texts; or *distinct*, some 15,000 wordings of the sample queries
+the KB answers, none asked twice in a run, so every search and intent match is computed.
+A desk's real traffic lies between the two.
+
 Both servers run on the event loop ``deskbot run`` uses (``--event-loop``, as
 ``DESKBOT_EVENT_LOOP``; uvloop by default). Each phase reports the CPU the servers,
 PostgreSQL and the client spent in it per reply, read from /proc at the phase's start and
@@ -77,6 +83,84 @@ QUESTIONS = (
     "how do I get work email on my phone",
     "how do I set up my email signature",
 )
+# --texts distinct: the sample queries the sample KB answers, each worded many ways, so
+# that no text repeats within a run and nothing is answered from a cache of recent texts.
+SAMPLE_QUERIES = REPO_ROOT / "tests" / "knowledge" / "sample_queries.jsonl"
+OPENERS = (
+    "",
+    "hi, ",
+    "hello, ",
+    "morning, ",
+    "good morning, ",
+    "afternoon, ",
+    "quick one: ",
+    "sorry to bother you, ",
+    "hey, ",
+    "hi team, ",
+    "hi there, ",
+    "hello IT, ",
+    "so ",
+)
+CLOSERS = (
+    "",
+    " please",
+    " thanks",
+    " any idea?",
+    " cheers",
+    " thank you",
+    "?",
+    " help",
+    " thanks in advance",
+    " can you help",
+    "!",
+    " ...",
+    " pls",
+    " ta",
+)
+
+
+class Texts:
+    """What the visitors ask. ``repeated``: the twelve QUESTIONS in turn, as before.
+    ``distinct``: every question a text not asked before in the run."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._distinct: list[str] = distinct_texts() if kind == "distinct" else []
+        self._next = 0
+
+    def pick(self, n: int) -> str:
+        if self.kind == "repeated":
+            return QUESTIONS[n % len(QUESTIONS)]
+        if self._next >= len(self._distinct):
+            raise RuntimeError(f"only {len(self._distinct)} distinct texts; ask fewer questions")
+        self._next += 1
+        return self._distinct[self._next - 1]
+
+
+def distinct_texts() -> list[str]:
+    """The sample queries the KB answers (and no intent takes), each with every opener,
+    closer and first-letter case that still gets an answer: some 15,000 texts, shuffled."""
+    from bot.intents import IntentMatcher
+    from knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.load(REPO_ROOT / "knowledge" / "sample")
+    intents = IntentMatcher()
+
+    def answered(text: str) -> bool:
+        return kb.search(text).decision == "answer" and intents.match(text) is None
+
+    queries = [json.loads(line)["query"] for line in SAMPLE_QUERIES.read_text().splitlines()]
+    texts = [
+        worded
+        for query in queries
+        if answered(query)
+        for opener in OPENERS
+        for closer in CLOSERS
+        for worded in {f"{opener}{query}{closer}", f"{opener}{query}{closer}".capitalize()}
+        if answered(worded)
+    ]
+    random.Random(11).shuffle(texts)
+    return texts
 
 
 # --------------------------------------------------------------------------------------
@@ -321,6 +405,7 @@ async def run_phase(
     *,
     questions: int,
     timeout: float,
+    texts: Texts,
     rate: float | None = None,
     server_pids: list[int] = (),  # type: ignore[assignment]
     bases: list[str] = (),  # type: ignore[assignment]
@@ -349,7 +434,7 @@ async def run_phase(
 
         async def visitor_loop(visitor: Visitor) -> None:
             for n in range(questions):
-                if not await turn(visitor, QUESTIONS[(visitor.index + n) % len(QUESTIONS)], None):
+                if not await turn(visitor, texts.pick(visitor.index + n), None):
                     return
 
         await asyncio.gather(*(visitor_loop(v) for v in visitors))
@@ -369,7 +454,7 @@ async def run_phase(
             arrival += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
             visitor = await idle.get()
-            task = asyncio.create_task(one(visitor, QUESTIONS[n % len(QUESTIONS)], arrival))
+            task = asyncio.create_task(one(visitor, texts.pick(n), arrival))
             running.add(task)
             task.add_done_callback(running.discard)
         await asyncio.gather(*running)
@@ -391,9 +476,10 @@ async def run_phase(
 
 async def client_main(args: argparse.Namespace) -> None:
     bases = args.base.split(",")
+    texts = Texts(args.texts)
     visitors = await open_visitors(bases, args.visitors, timeout=args.turn_timeout)
     # warm-up: one question per visitor, not measured (first-time person/conversation rows)
-    await run_phase(visitors, "warm-up", questions=1, timeout=args.turn_timeout)
+    await run_phase(visitors, "warm-up", questions=1, timeout=args.turn_timeout, texts=texts)
     phases = []
     pids = [int(pid) for pid in args.server_pids.split(",") if pid]
     saturation = await run_phase(
@@ -401,6 +487,7 @@ async def client_main(args: argparse.Namespace) -> None:
         "saturation",
         questions=args.questions,
         timeout=args.turn_timeout,
+        texts=texts,
         server_pids=pids,
         bases=bases,
     )
@@ -415,6 +502,7 @@ async def client_main(args: argparse.Namespace) -> None:
             questions=args.questions,
             rate=offered,
             timeout=args.turn_timeout,
+            texts=texts,
             server_pids=pids,
             bases=bases,
         )
@@ -519,6 +607,8 @@ def run_client(
         str(args.paced_rate),
         "--turn-timeout",
         str(args.turn_timeout),
+        "--texts",
+        args.texts,
         "--server-pids",
         ",".join(str(s.proc.pid) for s in servers),
     ]
@@ -594,7 +684,8 @@ def orchestrate(args: argparse.Namespace) -> None:
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"\n{args.visitors} concurrent visitors, {args.questions} questions each, "
+        f"\n{args.visitors} concurrent visitors, {args.questions} questions each "
+        f"({args.texts} texts), "
         f"{args.nodes} deskbot node(s), {os.cpu_count()} CPUs shared by client and servers, "
         f"event loop: {args.event_loop}\n"
     )
@@ -644,6 +735,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="offered load of the paced phase in replies/s (instead of --paced-fraction)",
+    )
+    parser.add_argument(
+        "--texts",
+        choices=["repeated", "distinct"],
+        default="repeated",
+        help="repeated: twelve questions in turn; distinct: no text asked twice in the run",
     )
     parser.add_argument("--turn-timeout", type=float, default=60.0)
     parser.add_argument("--deadline", type=float, default=600.0, help="whole run, seconds")
