@@ -431,28 +431,18 @@ class OutboxDispatcher:
         others = [o for o in outcomes if o.delivery is None]
         async with self.db.transaction() as session:
             if sent:
-                # the common case in one round trip: an executemany keyed by id, and only
-                # for rows still in our claim (a recovered row is left alone)
-                table = OutboxRow.__table__  # Core table: an executemany, not ORM bulk
-                await session.execute(
-                    update(table)  # type: ignore[arg-type]
-                    .where(table.c.id == bindparam("row_id"), table.c.status == "sending")
-                    .values(
-                        status="sent",
-                        platform_id=bindparam("platform_id"),
-                        sent_at=now,
-                        attempts=bindparam("attempts"),
-                        last_error=None,
-                        claimed_until=None,
-                    ),
+                # the common case in one round trip, and only for rows still in our claim
+                # (a recovered row is left alone)
+                await Outbox(session).mark_sent(
                     [
-                        {
-                            "row_id": o.row_id,
-                            "platform_id": o.delivery.platform_id if o.delivery else None,
-                            "attempts": attempts[o.row_id] + 1,
-                        }
+                        (
+                            o.row_id,
+                            o.delivery.platform_id if o.delivery else None,
+                            attempts[o.row_id] + 1,
+                        )
                         for o in sent
                     ],
+                    now=now,
                 )
             for outcome in others:
                 row = await session.get(OutboxRow, outcome.row_id)

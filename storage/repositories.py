@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import arrays
 from storage.db import before_commit
 from storage.models import (
     Agent,
@@ -191,7 +192,7 @@ async def write_staged_rows(session: AsyncSession) -> None:
     await session.flush()
     for table, rows in staged.items():
         values = [{k: _resolved(v) for k, v in row.items()} for row in rows]
-        await session.execute(insert(table), values)
+        await insert_rows(session, table, values, returning=False)
 
 
 def _resolved(value: Any) -> Any:
@@ -387,32 +388,59 @@ _SETTLE_RECEIPT_ROW = (
 
 
 @functools.cache
-def _insert_returning_ids(table: Any, ordered: bool) -> Any:
-    return insert(table).returning(table.c.id, sort_by_parameter_order=ordered)
+def _insert_returning_ids(table: Any) -> Any:
+    return insert(table).returning(table.c.id)
 
 
 async def insert_rows(
-    session: AsyncSession, table: Any, rows: Sequence[dict[str, Any]]
+    session: AsyncSession,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    returning: bool = True,
 ) -> list[int]:
-    """Insert ``rows`` (the same columns each) in one multi-row INSERT; their new ids, in
-    the order given.
+    """Insert ``rows`` (the same columns each) in one multi-row INSERT; with
+    ``returning``, their new ids in the order given (else an empty list). Columns left
+    out get their Python-side defaults, as a Core insert would give them.
 
-    PostgreSQL: SQLAlchemy's "insertmanyvalues" with RETURNING sorted by parameter order.
-    SQLite promises no RETURNING order, and SQLAlchemy would then insert a row at a time;
-    but the rows of one INSERT, made under the writer lock every write transaction takes
-    (``BEGIN IMMEDIATE``), get consecutive rowids in the order given, so the ids sorted
-    are the ids in order. That is checked, not assumed."""
+    PostgreSQL: one array per column (:mod:`storage.arrays`). SQLite promises no
+    RETURNING order, and SQLAlchemy would then insert a row at a time; but the rows of
+    one INSERT, made under the writer lock every write transaction takes (``BEGIN
+    IMMEDIATE``), get consecutive rowids in the order given, so the ids sorted are the
+    ids in order. That is checked, not assumed."""
     if not rows:
         return []
     if _is_postgres(session):
-        result = await session.execute(_insert_returning_ids(table, True), list(rows))
-        return list(result.scalars())
-    result = await session.execute(_insert_returning_ids(table, False), list(rows))
+        defaults = _defaults(table, rows[0])
+        if defaults:
+            rows = [{**defaults, **row} for row in rows]
+        return await arrays.insert_rows(session, table, rows, returning=returning)
+    if not returning:
+        await session.execute(insert(table), list(rows))
+        return []
+    result = await session.execute(_insert_returning_ids(table), list(rows))
     ids = sorted(result.scalars())
     if ids[-1] - ids[0] != len(ids) - 1:
         raise RuntimeError(f"{table.name}: ids of one INSERT are not consecutive: {ids}")
     return ids
 
+
+# a sent outbox row, one parameter set per row (SQLite; PostgreSQL takes arrays)
+_MARK_SENT = (
+    update(OutboxRow.__table__)  # type: ignore[arg-type]
+    .where(
+        OutboxRow.__table__.c.id == bindparam("b_id"),
+        OutboxRow.__table__.c.status == "sending",
+    )
+    .values(
+        status="sent",
+        platform_id=bindparam("b_platform_id"),
+        sent_at=bindparam("b_now"),
+        attempts=bindparam("b_attempts"),
+        last_error=None,
+        claimed_until=None,
+    )
+)
 
 # per-article counts added in one executemany (several turns' feedback at once)
 _ADD_ARTICLE_COUNTS = text(
@@ -494,6 +522,24 @@ class Receipts:
     async def settle_many(self, settled: Sequence[dict[str, Any]]) -> None:
         """Settle the receipts of several messages in one executemany; each entry has
         ``channel``, ``external_ids``, ``status``, ``reason`` and ``message_id``."""
+        if _is_postgres(self.session):  # one statement of arrays
+            await arrays.update_rows(
+                self.session,
+                InboundReceipt.__table__,  # type: ignore[arg-type]
+                [
+                    {
+                        "channel": entry["channel"],
+                        "external_id": key,
+                        "status": entry["status"],
+                        "reason": entry["reason"],
+                        "message_id": entry["message_id"],
+                    }
+                    for entry in settled
+                    for key in entry["external_ids"]
+                ],
+                keys=("channel", "external_id"),
+            )
+            return
         rows = [
             {
                 "b_channel": entry["channel"],
@@ -1048,6 +1094,33 @@ class Outbox:
     async def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert rows from :meth:`row` in one statement; their ids, in order."""
         return await insert_rows(self.session, OutboxRow.__table__, rows)
+
+    async def mark_sent(
+        self, sent: Sequence[tuple[int, str | None, int]], *, now: datetime
+    ) -> None:
+        """Mark rows sent in one statement: (id, platform id, attempts) each. Only a row
+        still ``sending`` changes (one recovered from a lapsed claim is left alone)."""
+        if not sent:
+            return
+        if _is_postgres(self.session):
+            await arrays.update_rows(
+                self.session,
+                OutboxRow.__table__,  # type: ignore[arg-type]
+                [{"id": i, "platform_id": p, "attempts": a} for i, p, a in sent],
+                keys=("id",),
+                shared={
+                    "status": "sent",
+                    "sent_at": now,
+                    "last_error": None,
+                    "claimed_until": None,
+                },
+                where="outbox.status = 'sending'",
+            )
+            return
+        await self.session.execute(  # an executemany keyed by id
+            _MARK_SENT,
+            [{"b_id": i, "b_platform_id": p, "b_attempts": a, "b_now": now} for i, p, a in sent],
+        )
 
     async def get(self, row_id: int) -> OutboxRow | None:
         return await self.session.get(OutboxRow, row_id)
