@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from bot.errors import RateLimited, TransientError
 from bot.events import ConversationEvent, EventBus
@@ -63,7 +64,7 @@ class ClusterEvents:
         self._sequence = itertools.count(1)
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self._forwarded: list[ConversationEvent] = []  # published this turn of the loop
-        self._own_prefix = json.dumps({"n": bus.node_id}, separators=(",", ":"))[:-1] + ","
+        self._own_prefix = orjson.dumps({"n": bus.node_id}).decode()[:-1] + ","
 
     async def start(self) -> None:
         await self.notifications.start()
@@ -108,16 +109,18 @@ class ClusterEvents:
         parts: list[str] = []
         size = 0
         for event in events:
-            part = json.dumps(
-                [event.kind, event.conversation_id, event.data], separators=(",", ":"), default=str
-            )
+            part = orjson.dumps(
+                [event.kind, event.conversation_id, event.data],
+                default=str,
+                option=orjson.OPT_NON_STR_KEYS,
+            ).decode()
             length = len(part.encode())
             if length > budget:
                 # the subscriber still learns that the conversation changed and re-reads it
                 logger.warning("cluster.event.too_large kind=%s", event.kind)
-                part = json.dumps(
-                    [event.kind, event.conversation_id, {"truncated": True}], separators=(",", ":")
-                )
+                part = orjson.dumps(
+                    [event.kind, event.conversation_id, {"truncated": True}]
+                ).decode()
                 length = len(part.encode())
             if parts and size + length + 1 > budget:
                 payloads.append(self._wrap(parts))
@@ -138,7 +141,7 @@ class ClusterEvents:
         if payload.startswith(self._own_prefix):
             return  # our own echo
         try:
-            body = json.loads(payload)
+            body = orjson.loads(payload)
             node = str(body["n"])
             sequence = int(body["s"])
         except (ValueError, KeyError, TypeError):

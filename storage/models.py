@@ -3,7 +3,7 @@ truth in a database; these classes must stay in step with them (a test checks)."
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -40,17 +40,16 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
+        tzinfo = value.tzinfo
+        if tzinfo is UTC:  # what the clock gives: nothing to convert
+            return value
+        if tzinfo is None:
             raise ValueError("naive datetime given to the database")
-        from datetime import UTC
-
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        from datetime import UTC
-
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)

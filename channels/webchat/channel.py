@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+import orjson
 
 from bot.events import RESYNC, ConversationEvent, EventBus
 from channels.base import Delivery, Outbound
@@ -147,7 +148,9 @@ class WebChatChannel:
         sinks = list(self._sockets.get(visitor, ()))
         if not sinks:
             return 0
-        return await self._send_frame(visitor, sinks, json.dumps(outbound_frame(outbound)))
+        return await self._send_frame(
+            visitor, sinks, orjson.dumps(outbound_frame(outbound)).decode()
+        )
 
     async def _send_frame(self, visitor: str, sinks: list[FrameSink], data: str) -> int:
         delivered = 0
@@ -218,6 +221,6 @@ class WebChatChannel:
     async def _resync_sockets(self) -> None:
         """Some messages from other nodes may have been missed: every socket held here
         re-reads its history (the widget skips what it already shows)."""
-        data = json.dumps({"type": "resync"})
+        data = orjson.dumps({"type": "resync"}).decode()
         for visitor, sinks in list(self._sockets.items()):
             await self._send_frame(visitor, list(sinks), data)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -159,7 +160,7 @@ def webchat_router(
                     return
                 reply = await _on_frame(raw, session)
                 if reply is not None:
-                    await websocket.send_json(reply)
+                    await websocket.send_text(orjson.dumps(reply).decode())
         except WebSocketDisconnect:
             pass
         finally:
@@ -167,8 +168,8 @@ def webchat_router(
 
     async def _on_frame(raw: str, session: VisitorSession) -> dict[str, Any] | None:
         try:
-            frame = json.loads(raw)
-        except ValueError:
+            frame = orjson.loads(raw)
+        except ValueError:  # orjson's JSONDecodeError is one
             return {"type": "error", "code": "bad_frame"}
         if not isinstance(frame, dict):
             return {"type": "error", "code": "bad_frame"}

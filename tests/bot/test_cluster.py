@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -163,6 +164,30 @@ async def test_an_oversized_event_still_tells_which_conversation_changed(
         a.bus.publish(ConversationEvent("alert", 5, {"detail": "x" * 9000}))
         got = await _next(on_b)
     assert (got.kind, got.conversation_id, got.data) == ("alert", 5, {"truncated": True})
+
+
+async def test_event_data_arrives_as_sent_whatever_it_holds(
+    nodes: tuple[ClusterEvents, ClusterEvents],
+) -> None:
+    a, b = nodes
+    data = {
+        "text": "Grüße, 東京 — naïve café ☕",
+        7: "an int key arrives as a string key",
+        "at": datetime(2026, 12, 2, 9, 30, tzinfo=UTC),  # travels as ISO 8601 text
+    }
+    # each event big enough that the three need two notifications (bytes, not characters)
+    big = "ü" * 3000
+    async with b.bus.subscribe(cluster=True) as on_b:
+        a.bus.publish(ConversationEvent("message", 1, data))
+        for n in range(3):
+            a.bus.publish(ConversationEvent("note", n, {"body": big}))
+        got = [await _next(on_b) for _ in range(4)]
+    assert got[0].data == {
+        "text": "Grüße, 東京 — naïve café ☕",
+        "7": "an int key arrives as a string key",
+        "at": "2026-12-02T09:30:00+00:00",
+    }
+    assert [e.data for e in got[1:]] == [{"body": big}] * 3
 
 
 async def test_the_link_exists_on_postgresql_only(

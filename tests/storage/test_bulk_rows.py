@@ -212,3 +212,23 @@ async def test_staged_rows_are_written_before_the_commit(database: Database) -> 
     async with database.read() as session:
         queries = (await session.execute(select(RefusedQuery.query))).scalars().all()
     assert sorted(queries) == ["q0", "q1", "q2"]
+
+
+async def test_json_columns_keep_what_json_can_say(database: Database) -> None:
+    conversation_id = await _conversation(database)
+    meta = {"text": "Grüße, 東京 ☕", 3: "int keys come back as strings", "n": [1, 2.5, None]}
+    async with database.transaction() as session:
+        [bulk] = await insert_rows(session, Message.__table__, [_message(conversation_id, 1)])
+        [one] = await insert_rows(
+            session, Message.__table__, [_message(conversation_id, 2, meta=meta)]
+        )
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+        conversation.notes = meta  # the ORM's own UPDATE, through the same serializer
+    async with database.read() as session:
+        stored = await session.get(Message, one)
+        conversation = await session.get(Conversation, conversation_id)
+    expected = {"text": "Grüße, 東京 ☕", "3": "int keys come back as strings", "n": [1, 2.5, None]}
+    assert stored is not None and stored.meta == expected
+    assert conversation is not None and conversation.notes == expected
+    assert bulk != one
