@@ -54,45 +54,88 @@ def _built(
     return found
 
 
+def _split(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The columns whose values differ between rows (bound as arrays) and those with one
+    value in every row (bound once: a round's rows share their channel, timestamps,
+    status…, and each array element costs asyncpg about a microsecond to encode). One row
+    is all arrays, so that a statement's text depends on its columns only."""
+    if len(rows) < 2:
+        return tuple(columns), ()
+    first = rows[0]
+    varying: list[str] = []
+    constant: list[str] = []
+    for column in columns:
+        value = first[column]
+        if all(row[column] == value for row in rows):
+            constant.append(column)
+        else:
+            varying.append(column)
+    return tuple(varying), tuple(constant)
+
+
 def _insert_sql(
-    table: Table, columns: tuple[str, ...], dialect: Dialect, returning: bool
+    table: Table,
+    varying: tuple[str, ...],
+    constant: tuple[str, ...],
+    dialect: Dialect,
+    returning: bool,
 ) -> tuple[str, list[_Processor]]:
     return _built(
-        ("insert", table.name, columns, returning),
+        ("insert", table.name, varying, constant, returning),
         dialect,
-        lambda: _build_insert(table, columns, dialect, returning),
+        lambda: _build_insert(table, varying, constant, dialect, returning),
     )
 
 
 def _build_insert(
-    table: Table, columns: tuple[str, ...], dialect: Dialect, returning: bool
+    table: Table,
+    varying: tuple[str, ...],
+    constant: tuple[str, ...],
+    dialect: Dialect,
+    returning: bool,
 ) -> tuple[str, list[_Processor]]:
-    names = ", ".join(columns)
+    names = ", ".join(varying)
     arrays = ", ".join(
-        f"${n}::{_array_type(table, c, dialect)}[]" for n, c in enumerate(columns, 1)
+        f"${n}::{_array_type(table, c, dialect)}[]" for n, c in enumerate(varying, 1)
     )
+    picked = [f"r.{c}" for c in varying] + [
+        f"${n}::{_array_type(table, c, dialect)}" for n, c in enumerate(constant, len(varying) + 1)
+    ]
     # ORDER BY the ordinality: the ids a sequence gives are then ascending in the order
     # of the rows (what SQLAlchemy's own sorted "insertmanyvalues" relies on too)
     sql = (
-        f"INSERT INTO {table.name} ({names}) "
-        f"SELECT {', '.join(f'r.{c}' for c in columns)} "
+        f"INSERT INTO {table.name} ({', '.join(varying + constant)}) "
+        f"SELECT {', '.join(picked)} "
         f"FROM unnest({arrays}) WITH ORDINALITY AS r({names}, row_position) "
         "ORDER BY r.row_position"
     )
     if returning:
         sql += " RETURNING id"
-    return sql, _processors(table, columns, dialect)
+    return sql, _processors(table, varying + constant, dialect)
 
 
-def _arrays(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], processors: list[_Processor]
-) -> tuple[list[Any], ...]:
-    out: list[list[Any]] = []
-    for column, process in zip(columns, processors, strict=True):
+def _params(
+    rows: Sequence[Mapping[str, Any]],
+    varying: Sequence[str],
+    constant: Sequence[str],
+    processors: list[_Processor],
+    *,
+    singles: Mapping[str, Any] | None = None,
+) -> tuple[Any, ...]:
+    """One array per varying column, then one value per constant column (read from
+    ``singles``, else the first row), each through its column type's bind processor."""
+    out: list[Any] = []
+    for column, process in zip(varying, processors[: len(varying)], strict=True):
         values = [row[column] for row in rows]
         if process is not None:
             values = [process(v) for v in values]
         out.append(values)
+    first = rows[0] if singles is None else singles
+    for column, process in zip(constant, processors[len(varying) :], strict=True):
+        value = first[column]
+        out.append(value if process is None else process(value))
     return tuple(out)
 
 
@@ -104,9 +147,12 @@ async def insert_rows(
     if not rows:
         return []
     connection = await session.connection()
-    columns = tuple(rows[0])
-    sql, processors = _insert_sql(table, columns, connection.dialect, returning)
-    result = await connection.exec_driver_sql(sql, _arrays(rows, columns, processors))
+    varying, constant = _split(rows, tuple(rows[0]))
+    if not varying:  # identical rows: one array still gives the row count
+        varying, constant = constant[:1], constant[1:]
+    sql, processors = _insert_sql(table, varying, constant, connection.dialect, returning)
+    params = _params(rows, varying, constant, processors)
+    result = await connection.exec_driver_sql(sql, params)
     if not returning:
         return []
     ids = sorted(result.scalars())
@@ -117,32 +163,36 @@ async def insert_rows(
 
 def _update_sql(
     table: Table,
-    keys: tuple[str, ...],
-    varying: tuple[str, ...],
-    shared: tuple[str, ...],
+    keys: tuple[tuple[str, ...], tuple[str, ...]],
+    values: tuple[tuple[str, ...], tuple[str, ...]],
     where: str,
     dialect: Dialect,
 ) -> tuple[str, list[_Processor]]:
     return _built(
-        ("update", table.name, keys, varying, shared, where),
+        ("update", table.name, keys, values, where),
         dialect,
-        lambda: _build_update(table, keys, varying, shared, where, dialect),
+        lambda: _build_update(table, keys, values, where, dialect),
     )
 
 
 def _build_update(
     table: Table,
-    keys: tuple[str, ...],
-    varying: tuple[str, ...],
-    shared: tuple[str, ...],
+    keys: tuple[tuple[str, ...], tuple[str, ...]],
+    values: tuple[tuple[str, ...], tuple[str, ...]],
     where: str,
     dialect: Dialect,
 ) -> tuple[str, list[_Processor]]:
-    listed = keys + varying
+    """``keys`` and ``values`` are each (bound as arrays, bound once); the parameters are
+    the arrays (keys first), then the single keys, then the single values."""
+    (array_keys, single_keys), (array_values, single_values) = keys, values
+    listed = array_keys + array_values
+    singles = single_keys + single_values
     arrays = ", ".join(f"${n}::{_array_type(table, c, dialect)}[]" for n, c in enumerate(listed, 1))
-    assignments = [f"{c} = r.{c}" for c in varying]
-    assignments += [f"{c} = ${n}" for n, c in enumerate(shared, len(listed) + 1)]
-    conditions = [f"{table.name}.{k} = r.{k}" for k in keys]
+    numbered = {c: n for n, c in enumerate(singles, len(listed) + 1)}
+    assignments = [f"{c} = r.{c}" for c in array_values]
+    assignments += [f"{c} = ${numbered[c]}" for c in single_values]
+    conditions = [f"{table.name}.{k} = r.{k}" for k in array_keys]
+    conditions += [f"{table.name}.{k} = ${numbered[k]}" for k in single_keys]
     if where:
         conditions.append(where)
     sql = (
@@ -150,7 +200,7 @@ def _build_update(
         f"FROM unnest({arrays}) AS r({', '.join(listed)}) "
         f"WHERE {' AND '.join(conditions)}"
     )
-    return sql, _processors(table, listed + shared, dialect)
+    return sql, _processors(table, listed + singles, dialect)
 
 
 async def update_rows(
@@ -162,21 +212,33 @@ async def update_rows(
     shared: Mapping[str, Any] | None = None,
     where: str = "",
 ) -> None:
-    """Update one row per entry of ``rows`` in one statement: each entry names its row by
-    the ``keys`` columns and gives the values of the others (the same columns each);
-    ``shared`` values are set on every row; ``where`` is a further condition in SQL on
-    the table's own columns (a row it excludes is left alone)."""
+    """Update one row per entry of ``rows`` in one statement: each entry names a distinct
+    row by the ``keys`` columns and gives the values of the others (the same columns
+    each); ``shared`` values are set on every row; ``where`` is a further condition in SQL
+    on the table's own columns (a row it excludes is left alone)."""
     if not rows:
         return
     shared = dict(shared or {})
     connection = await session.connection()
-    keys = tuple(keys)
-    varying = tuple(c for c in rows[0] if c not in keys)
-    sql, processors = _update_sql(table, keys, varying, tuple(shared), where, connection.dialect)
-    listed = keys + varying
-    params = _arrays(rows, listed, processors[: len(listed)])
-    extra = [
-        value if process is None else process(value)
-        for value, process in zip(shared.values(), processors[len(listed) :], strict=True)
-    ]
-    await connection.exec_driver_sql(sql, (*params, *extra))
+    varying, constant = _split(rows, tuple(rows[0]))
+    array_keys = tuple(k for k in keys if k in varying)
+    if not array_keys:  # one array still names the rows
+        array_keys = (keys[0],)
+    single_keys = tuple(k for k in keys if k not in array_keys)
+    array_values = tuple(c for c in varying if c not in keys)
+    single_values = tuple(c for c in constant if c not in keys)
+    sql, processors = _update_sql(
+        table,
+        (array_keys, single_keys),
+        (array_values, (*single_values, *shared)),
+        where,
+        connection.dialect,
+    )
+    params = _params(
+        rows,
+        array_keys + array_values,
+        single_keys + single_values + tuple(shared),
+        processors,
+        singles={**rows[0], **shared},
+    )
+    await connection.exec_driver_sql(sql, params)

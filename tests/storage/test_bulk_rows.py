@@ -232,3 +232,22 @@ async def test_json_columns_keep_what_json_can_say(database: Database) -> None:
     assert stored is not None and stored.meta == expected
     assert conversation is not None and conversation.notes == expected
     assert bulk != one
+
+
+async def test_identical_rows_and_rows_sharing_most_values(database: Database) -> None:
+    conversation_id = await _conversation(database)
+    same = _message(conversation_id, 1)
+    async with database.transaction() as session:
+        twins = await insert_rows(session, Message.__table__, [same, same, same])
+        # rows that differ in a column or two share the rest: those are bound once
+        mixed = await insert_rows(
+            session,
+            Message.__table__,
+            [{**same, "text": f"t{n}"} for n in range(4)] + [{**same, "meta": {}}],
+        )
+    assert len(set(twins)) == 3 and len(set(mixed)) == 5
+    async with database.read() as session:
+        stored = {m.id: m for m in (await session.execute(select(Message))).scalars()}
+    assert [stored[i].text for i in mixed] == ["t0", "t1", "t2", "t3", "reply 1"]
+    assert [stored[i].meta for i in mixed] == [same["meta"]] * 4 + [{}]
+    assert {stored[i].created_at for i in twins + mixed} == {same["created_at"]}
