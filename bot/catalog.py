@@ -64,12 +64,16 @@ class Catalog:
     _choices: dict[str, str] = field(default_factory=dict)
     _found: dict[tuple[str, float], Service | None] = field(default_factory=dict)
     _labels_by_words: dict[int, list[str]] = field(init=False, repr=False)
+    _label_order: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_words: dict[int, list[str]] = {}
         for label in self._choices:
             by_words.setdefault(len(label.split()), []).append(label)
         object.__setattr__(self, "_labels_by_words", by_words)
+        object.__setattr__(
+            self, "_label_order", {label: i for i, label in enumerate(self._choices)}
+        )
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
@@ -157,20 +161,27 @@ class Catalog:
             return None
         words = processed.split()
         # each label is compared with every window of the text of its own number of
-        # words; one cdist per window length scores all labels of that length at once
-        best_hit: dict[str, float] = {}
+        # words; one cdist per window length scores all labels of that length at once.
+        # A label's score is at most its best hit, so only labels hit at the threshold or
+        # above can win: the scorer gives up on the others early (most on their lengths
+        # alone) and only the few left are scored, in the catalogue's order (the first of
+        # equal scores wins, as when every label was scored)
+        hits: dict[str, float] = {}
         for n, labels in self._labels_by_words.items():
             windows = [" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
-            scores = process.cdist(labels, windows, scorer=fuzz.ratio, dtype=np.float64)
-            best_hit.update(zip(labels, scores.max(axis=1).tolist(), strict=True))
+            scores = process.cdist(
+                labels, windows, scorer=fuzz.ratio, dtype=np.float64, score_cutoff=threshold
+            ).max(axis=1)
+            for i in np.flatnonzero(scores >= threshold).tolist():
+                hits[labels[i]] = float(scores[i])
         best: tuple[float, str] | None = None
-        for label, sid in self._choices.items():
-            hit = best_hit[label]
+        for label in sorted(hits, key=self._label_order.__getitem__):
+            hit = hits[label]
             score = hit - (0 if len(label) > 4 else max(0, 100 - hit) * 2)
             if len(label) <= 3 and hit < 100:
                 continue
             if best is None or score > best[0]:
-                best = (score, sid)
+                best = (score, self._choices[label])
         if best is not None and best[0] >= threshold:
             return self.services[best[1]]
         return None
