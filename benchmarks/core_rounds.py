@@ -37,22 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from webchat_load import QUESTIONS  # noqa: E402  (the web chat benchmark's questions)
+
 from bot.main import build_core  # noqa: E402
 from bot.settings import SAMPLE_CATALOG, SAMPLE_KB_DIR, Settings  # noqa: E402
 from bot.types import Inbound, Sender  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-QUESTIONS = (
-    "how do I release my print job",
-    "my monitors don't work when I plug into the dock",
-    "my laptop is asking for a bitlocker recovery key",
-    "how do I pair my bluetooth headset with my laptop",
-    "websites won't load properly in chrome",
-    "I can't hear anyone in my teams meeting",
-    "my camera isn't working in teams",
-    "my laptop clock is wrong",
-)
 VISITORS = 256
 
 

@@ -75,20 +75,6 @@ def _split(
     return tuple(varying), tuple(constant)
 
 
-def _insert_sql(
-    table: Table,
-    varying: tuple[str, ...],
-    constant: tuple[str, ...],
-    dialect: Dialect,
-    returning: bool,
-) -> tuple[str, list[_Processor]]:
-    return _built(
-        ("insert", table.name, varying, constant, returning),
-        dialect,
-        lambda: _build_insert(table, varying, constant, dialect, returning),
-    )
-
-
 def _build_insert(
     table: Table,
     varying: tuple[str, ...],
@@ -150,7 +136,12 @@ async def insert_rows(
     varying, constant = _split(rows, tuple(rows[0]))
     if not varying:  # identical rows: one array still gives the row count
         varying, constant = constant[:1], constant[1:]
-    sql, processors = _insert_sql(table, varying, constant, connection.dialect, returning)
+    dialect = connection.dialect
+    sql, processors = _built(
+        ("insert", table.name, varying, constant, returning),
+        dialect,
+        lambda: _build_insert(table, varying, constant, dialect, returning),
+    )
     params = _params(rows, varying, constant, processors)
     result = await connection.exec_driver_sql(sql, params)
     if not returning:
@@ -159,20 +150,6 @@ async def insert_rows(
     if len(ids) != len(rows) or len(set(ids)) != len(ids):
         raise RuntimeError(f"{table.name}: {len(ids)} ids returned for {len(rows)} rows")
     return ids
-
-
-def _update_sql(
-    table: Table,
-    keys: tuple[tuple[str, ...], tuple[str, ...]],
-    values: tuple[tuple[str, ...], tuple[str, ...]],
-    where: str,
-    dialect: Dialect,
-) -> tuple[str, list[_Processor]]:
-    return _built(
-        ("update", table.name, keys, values, where),
-        dialect,
-        lambda: _build_update(table, keys, values, where, dialect),
-    )
 
 
 def _build_update(
@@ -227,12 +204,13 @@ async def update_rows(
     single_keys = tuple(k for k in keys if k not in array_keys)
     array_values = tuple(c for c in varying if c not in keys)
     single_values = tuple(c for c in constant if c not in keys)
-    sql, processors = _update_sql(
-        table,
-        (array_keys, single_keys),
-        (array_values, (*single_values, *shared)),
-        where,
-        connection.dialect,
+    dialect = connection.dialect
+    keyed = (array_keys, single_keys)
+    values = (array_values, (*single_values, *shared))
+    sql, processors = _built(
+        ("update", table.name, keyed, values, where),
+        dialect,
+        lambda: _build_update(table, keyed, values, where, dialect),
     )
     params = _params(
         rows,

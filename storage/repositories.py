@@ -520,39 +520,32 @@ class Receipts:
         return fresh
 
     async def settle_many(self, settled: Sequence[dict[str, Any]]) -> None:
-        """Settle the receipts of several messages in one executemany; each entry has
+        """Settle the receipts of several messages in one statement; each entry has
         ``channel``, ``external_ids``, ``status``, ``reason`` and ``message_id``."""
-        if _is_postgres(self.session):  # one statement of arrays
-            await arrays.update_rows(
-                self.session,
-                InboundReceipt.__table__,  # type: ignore[arg-type]
-                [
-                    {
-                        "channel": entry["channel"],
-                        "external_id": key,
-                        "status": entry["status"],
-                        "reason": entry["reason"],
-                        "message_id": entry["message_id"],
-                    }
-                    for entry in settled
-                    for key in entry["external_ids"]
-                ],
-                keys=("channel", "external_id"),
-            )
-            return
         rows = [
             {
-                "b_channel": entry["channel"],
-                "b_external_id": key,
-                "b_status": entry["status"],
-                "b_reason": entry["reason"],
-                "b_message_id": entry["message_id"],
+                "channel": entry["channel"],
+                "external_id": key,
+                "status": entry["status"],
+                "reason": entry["reason"],
+                "message_id": entry["message_id"],
             }
             for entry in settled
             for key in entry["external_ids"]
         ]
-        if rows:
-            await self.session.execute(_SETTLE_RECEIPT_ROW, rows)
+        if not rows:
+            return
+        if _is_postgres(self.session):  # one statement of arrays
+            await arrays.update_rows(
+                self.session,
+                InboundReceipt.__table__,  # type: ignore[arg-type]
+                rows,
+                keys=("channel", "external_id"),
+            )
+            return
+        await self.session.execute(  # an executemany
+            _SETTLE_RECEIPT_ROW, [{f"b_{k}": v for k, v in row.items()} for row in rows]
+        )
 
     async def claim_archive(
         self, channel: str, external_id: str, *, now: datetime, stale_after: timedelta
