@@ -429,7 +429,9 @@ class OutboxDispatcher:
         failed: list[tuple[OutboxRow, str]] = []
         sent = [o for o in outcomes if o.delivery is not None]
         others = [o for o in outcomes if o.delivery is None]
-        async with self.db.transaction() as session:
+        # all sent, the common case: one UPDATE, which needs no transaction around it
+        unit = self.db.transaction() if others else self.db.single_statement()
+        async with unit as session:
             if sent:
                 # the common case in one round trip, and only for rows still in our claim
                 # (a recovered row is left alone)

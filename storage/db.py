@@ -97,6 +97,14 @@ class Database:
         self._read_sessions = async_sessionmaker(
             self.engine.execution_options(deskbot_begin="DEFERRED"), expire_on_commit=False
         )
+        self._single_statement_sessions = (
+            None
+            if self.is_sqlite
+            else async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -108,6 +116,24 @@ class Database:
         else:
             async with self._session() as session:
                 yield session
+
+    @asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work of exactly one write statement. On PostgreSQL it runs in
+        autocommit: one statement is atomic by itself, and the BEGIN and COMMIT round
+        trips of a transaction around it would cost more than the statement. On SQLite it
+        is :meth:`transaction` (the writer lock is taken either way)."""
+        if self._single_statement_sessions is None:
+            async with self.transaction() as session:
+                yield session
+            return
+        async with self._single_statement_sessions() as session:
+            yield session
+            # what only a flush or a commit would write must not be dropped unseen
+            if session.new or session.dirty or session.deleted:
+                raise RuntimeError("single_statement(): ORM changes need transaction()")
+            if session.info.get(_BEFORE_COMMIT_KEY):
+                raise RuntimeError("single_statement(): work before commit needs transaction()")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage.db import Database
@@ -251,3 +251,32 @@ async def test_identical_rows_and_rows_sharing_most_values(database: Database) -
     assert [stored[i].text for i in mixed] == ["t0", "t1", "t2", "t3", "reply 1"]
     assert [stored[i].meta for i in mixed] == [same["meta"]] * 4 + [{}]
     assert {stored[i].created_at for i in twins + mixed} == {same["created_at"]}
+
+
+async def test_a_single_statement_runs_without_a_transaction_around_it(
+    database: Database,
+) -> None:
+    if database.is_postgres:
+        async with database.single_statement() as session:
+            # autocommit: each statement is its own transaction (ids differ)
+            first = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+            second = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+        assert first != second
+        async with database.transaction() as session:
+            first = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+            second = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+        assert first == second  # and a transaction is still one
+    async with database.transaction() as session:
+        ids = await Outbox(session).insert_many(
+            [{**Outbox.row(channel="webchat", payload={}, now=NOW), "status": "sending"}]
+        )
+    async with database.single_statement() as session:
+        await Outbox(session).mark_sent([(ids[0], "p-1", 1)], now=NOW)
+    async with database.read() as session:
+        row = await session.get(OutboxRow, ids[0])
+    assert row is not None and row.status == "sent"
+    # ORM changes would need a flush that never comes: refused, not dropped
+    if database.is_postgres:
+        with pytest.raises(RuntimeError, match="need transaction"):
+            async with database.single_statement() as session:
+                session.add(RefusedQuery(query="q", at=NOW))
