@@ -3,10 +3,12 @@
 A round of the conversation manager writes a few hundred rows at once (messages, outbox
 rows, receipts settled, replies marked sent). Through SQLAlchemy's executemany or
 "insertmanyvalues" each row is bound and processed on its own, which was the largest
-part of a round's database CPU. Here the statement is a fixed text whatever the row count
-(asyncpg prepares it once per connection), each column's values go through the column
-type's own bind processor (JSON serialised, datetimes checked as aware, exactly as a
-Core statement would), and the arrays are bound as a handful of parameters.
+part of a round's database CPU, and every row count was a new statement to prepare. Here
+a column whose values differ is bound as one array and a column with one value in every
+row as one parameter, so the statement's text depends on which columns vary, not on the
+row count (asyncpg prepares each text once per connection); each value goes through the
+column type's own bind processor (JSON serialised, datetimes checked as aware, exactly as
+a Core statement would).
 
 It runs through ``exec_driver_sql``: in the session's transaction, with SQLAlchemy's
 error translation (a dropped connection is still an ``OperationalError`` to the caller).
