@@ -174,7 +174,7 @@ _STAGED_ROWS_KEY = "deskbot.staged_rows"
 
 def stage_row(session: AsyncSession, table: Any, row: dict[str, Any]) -> None:
     """Keep a row to insert with :func:`write_staged_rows`: rows nobody reads back in the
-    same transaction, written a table at a time in one executemany. A value may be a
+    same transaction, written a table at a time in one INSERT. A value may be a
     ticket not flushed yet; its ``id`` is read when the rows are written."""
     staged: dict[Any, list[dict[str, Any]]] | None = session.info.get(_STAGED_ROWS_KEY)
     if staged is None:

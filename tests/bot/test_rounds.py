@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import RejectedInput
 from bot.main import Core
@@ -301,23 +302,21 @@ async def test_rows_kept_for_the_commit_are_written_then_and_not_after_a_rollbac
     from storage.repositories import KnowledgeFeedback
 
     db = desk.core.db
-    async with db.transaction() as session:
+
+    def refuse(session: AsyncSession, query: str) -> None:
         KnowledgeFeedback(session).refused(
-            "kept",
+            query,
             now=desk.clock.now(),
             conversation_id=None,
             best_article_id=None,
             best_confidence=None,
         )
+
+    async with db.transaction() as session:
+        refuse(session, "kept")
     with pytest.raises(RuntimeError):
         async with db.transaction() as session:
-            KnowledgeFeedback(session).refused(
-                "dropped",
-                now=desk.clock.now(),
-                conversation_id=None,
-                best_article_id=None,
-                best_confidence=None,
-            )
+            refuse(session, "dropped")
             raise RuntimeError("the unit of work fails")
     async with db.read() as session:
         kept = list((await session.execute(select(RefusedQuery.query))).scalars())

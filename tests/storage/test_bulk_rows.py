@@ -18,7 +18,7 @@ from storage.models import (
     Person,
     RefusedQuery,
 )
-from storage.repositories import Outbox, Receipts, insert_rows, stage_row
+from storage.repositories import Outbox, Receipts, insert_rows
 
 NOW = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
 
@@ -199,19 +199,6 @@ async def test_settle_many_settles_each_receipt_and_its_aliases(database: Databa
         "b": ("handled", None, 41),
         "c": ("handled", None, None),
     }
-
-
-async def test_staged_rows_are_written_before_the_commit(database: Database) -> None:
-    async with database.transaction() as session:
-        for n in range(3):
-            stage_row(
-                session,
-                RefusedQuery.__table__,
-                {"query": f"q{n}", "at": NOW, "conversation_id": None},
-            )
-    async with database.read() as session:
-        queries = (await session.execute(select(RefusedQuery.query))).scalars().all()
-    assert sorted(queries) == ["q0", "q1", "q2"]
 
 
 async def test_json_columns_keep_what_json_can_say(database: Database) -> None:
