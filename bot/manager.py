@@ -13,7 +13,9 @@ messages arrive faster than one per two ``linger``, a round waits ``linger`` for
 The later messages of a thread or a sender wait for the next round, so each thread is
 handled in the order its messages arrived, and a message sees everything its
 predecessors did. The replies' outbox rows are handed to the dispatcher after the commit
-(``outbox``), so it sends them without claiming them first.
+(``outbox``), so it sends them without claiming them first. On PostgreSQL two rounds are
+in flight at once: the next begins once the one before has routed its messages and is
+writing them, and a message of a thread or sender still in flight waits for its commit.
 
 When a round fails, each of its messages is handled again in a round of its own, so one
 bad message cannot hold the others back, and whatever the failed round did was rolled
@@ -29,6 +31,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -125,6 +128,16 @@ class _Handled:
 
 
 @dataclass(slots=True, eq=False)
+class _Flight:
+    """A round in flight: its messages, their keys, whether it has routed them."""
+
+    items: list[_Queued]
+    keys: set[tuple[str, str, str]]
+    routed: bool = False
+    task: asyncio.Task[None] = field(init=False)
+
+
+@dataclass(slots=True, eq=False)
 class _Round:
     """The shared state of one round's transaction."""
 
@@ -155,6 +168,7 @@ class ConversationManager:
         auto_reply_cap_per_hour: int = 10,
         max_batch: int = 100,
         linger: float = 0.004,
+        pipeline: int | None = None,
     ) -> None:
         self.db = database
         self.router = router
@@ -170,8 +184,12 @@ class ConversationManager:
         """Seconds a round waits for company while messages arrive faster than one per two
         ``linger`` (0: never): at a moderate rate, a few messages per round cost far
         less than one each, for a few milliseconds more of latency."""
+        self.pipeline = pipeline or (2 if database.is_postgres else 1)
+        """Rounds in flight at once (default: two on PostgreSQL; one on SQLite, where
+        a second write transaction would only wait for the first)."""
         self.node_locks = AdvisoryLocks(database)
         self._queue: deque[_Queued] = deque()
+        self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._arrivals: deque[float] = deque(maxlen=_RATE_SAMPLE)
 
@@ -191,7 +209,10 @@ class ConversationManager:
         self._queue.append(_Queued(inbound, future, now))
         self._arrivals.append(now)
         worker = self._worker
-        if worker is None or worker.done() or worker.get_loop() is not loop:
+        if worker is not None and not worker.done() and worker.get_loop() is loop:
+            self._wake.set()
+        else:
+            self._wake = asyncio.Event()  # of this loop, for this worker
             self._worker = loop.create_task(self._work(), name="manager.rounds")
             self._worker.add_done_callback(self._worker_stopped)
         return await future
@@ -209,32 +230,90 @@ class ConversationManager:
             logger.error("manager.worker.crashed", exc_info=task.exception())
 
     async def _work(self) -> None:
-        """Take what is queued, round after round, until nothing is left; then end (the
-        next ``handle`` starts a new worker)."""
-        batch: list[_Queued] = []
+        """Take what is queued, round after round, until nothing is queued and no round is
+        in flight; then end (the next ``handle`` starts a new worker).
+
+        Up to ``pipeline`` rounds are in flight at once: the next round begins as soon as
+        the one before it has routed its messages and is writing them, so the bot's work
+        on one round runs while the database writes and commits the other. A message
+        whose thread, sender or receipt id is in a round still in flight waits for that
+        round's commit, so it sees everything its predecessors did."""
+        flights: list[_Flight] = []
         try:
-            while self._queue:
-                if len(self._queue) < self.max_batch and self._busy():
-                    await asyncio.sleep(self.linger)  # more are on their way: wait for them
-                batch = []
-                while self._queue and len(batch) < self.max_batch:
-                    item = self._queue.popleft()
-                    if not item.future.done():  # its caller stopped waiting: not begun
-                        batch.append(item)
-                for items in _rounds(batch):
-                    await self._handle_round(items)
+            while True:
+                self._wake.clear()
+                if (
+                    self._queue
+                    and len(flights) < self.pipeline
+                    and all(flight.routed for flight in flights)
+                ):
+                    if len(self._queue) < self.max_batch and self._busy():
+                        await asyncio.sleep(self.linger)  # more are on their way: wait
+                    items = self._next_round(flights)
+                    if items:
+                        flights.append(self._fly(items, flights))
+                        continue
+                elif not self._queue and not flights:
+                    return
+                await self._wake.wait()
         except BaseException:
             # cancelled (the loop is shutting down): nobody may wait for ever
-            for item in [*batch, *self._queue]:
+            for flight in flights:
+                flight.task.cancel()
+            for item in [*(i for f in flights for i in f.items), *self._queue]:
                 if not item.future.done():
                     item.future.cancel()
             self._queue.clear()
             raise
 
-    async def _handle_round(self, items: list[_Queued]) -> None:
+    def _next_round(self, flights: list[_Flight]) -> list[_Queued]:
+        """Up to ``max_batch`` queued messages that may be handled together now: none
+        shares a thread, sender or receipt id with another or with a round in flight.
+        The others go back to the front of the queue, in the order they came."""
+        batch: list[_Queued] = []
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            if not item.future.done():  # its caller stopped waiting: not begun
+                batch.append(item)
+        busy = set().union(*(flight.keys for flight in flights))
+        now, *later = _rounds(batch, busy)
+        self._queue.extendleft(reversed([item for after in later for item in after]))
+        return now
+
+    def _fly(self, items: list[_Queued], flights: list[_Flight]) -> _Flight:
+        flight = _Flight(items, set().union(*(_keys(item.inbound) for item in items)))
+
+        def routed() -> None:
+            flight.routed = True
+            self._wake.set()
+
+        def landed(task: asyncio.Task[None]) -> None:
+            flights.remove(flight)
+            self._wake.set()
+            error = None if task.cancelled() else task.exception()
+            if error is None:
+                return
+            logger.error("manager.round.crashed", exc_info=error)
+            for item in items:  # nobody may wait for ever
+                if not item.future.done():
+                    item.future.set_exception(error)
+
+        flight.task = asyncio.get_running_loop().create_task(
+            self._handle_round(items, routed), name="manager.round"
+        )
+        flight.task.add_done_callback(landed)
+        return flight
+
+    async def _handle_round(
+        self, items: list[_Queued], routed: Callable[[], None] | None = None
+    ) -> None:
         try:
-            results, events, handed = await self._run_round([item.inbound for item in items])
+            results, events, handed = await self._run_round(
+                [item.inbound for item in items], routed
+            )
         except Exception as exc:
+            if routed is not None:
+                routed()  # what is left of this round is one message at a time
             if len(items) > 1:
                 logger.warning(
                     "inbound.round.failed messages=%d error=%s: handling each alone",
@@ -324,7 +403,7 @@ class ConversationManager:
     # one round ------------------------------------------------------------------------
 
     async def _run_round(
-        self, inbounds: list[Inbound]
+        self, inbounds: list[Inbound], routed: Callable[[], None] | None = None
     ) -> tuple[list[HandleResult], list[ConversationEvent], list[Handed]]:
         async with self.db.transaction() as session:
             now = self.clock.now()
@@ -353,6 +432,8 @@ class ConversationManager:
                 tickets.reserve_numbers(left)  # at most a ticket per message left
                 handled.append(await self._turn(state, inbound))
                 left -= 1
+            if routed is not None:
+                routed()  # from here on the round waits on the database: the next may begin
             written = await state.replies.write(
                 now=now, claim=self.outbox.claim_on_insert if self.outbox is not None else None
             )
@@ -703,19 +784,28 @@ class ConversationManager:
         return []
 
 
-def _rounds(items: list[_Queued]) -> list[list[_Queued]]:
+def _keys(inbound: Inbound) -> list[tuple[str, str, str]]:
+    """What two messages in flight at once must not share: the thread, the sender and the
+    receipt ids."""
+    return [
+        ("thread", inbound.channel, inbound.thread_key),
+        ("sender", inbound.channel, inbound.sender.external_id),
+        ("receipt", inbound.channel, inbound.external_id),
+        *(("receipt", inbound.channel, alt) for alt in inbound.alt_ids),
+    ]
+
+
+def _rounds(
+    items: list[_Queued], busy: AbstractSet[tuple[str, str, str]] = frozenset()
+) -> list[list[_Queued]]:
     """Split queued messages into rounds: a message goes in the round after the last one
-    that holds a message of its thread, of its sender or with one of its receipt ids."""
-    rounds: list[list[_Queued]] = []
-    last: dict[tuple[str, str, str], int] = {}
+    that holds a message of its thread, of its sender or with one of its receipt ids. A
+    message with a ``busy`` key (one of a round in flight) goes in the second round at the
+    earliest, so the first may be empty."""
+    rounds: list[list[_Queued]] = [[]]
+    last: dict[tuple[str, str, str], int] = dict.fromkeys(busy, 0)
     for item in items:
-        inbound = item.inbound
-        keys = [
-            ("thread", inbound.channel, inbound.thread_key),
-            ("sender", inbound.channel, inbound.sender.external_id),
-            ("receipt", inbound.channel, inbound.external_id),
-            *(("receipt", inbound.channel, alt) for alt in inbound.alt_ids),
-        ]
+        keys = _keys(item.inbound)
         index = max((last[key] + 1 for key in keys if key in last), default=0)
         if index == len(rounds):
             rounds.append([])

@@ -352,3 +352,94 @@ async def test_two_nodes_opening_tickets_at_once_share_one_gap_free_sequence(
             counter = (await session.execute(select(TicketCounter))).scalar_one()
         assert numbers == [f"INC-{n:06d}" for n in range(1, 11)]
         assert counter.last_value == 10
+
+
+def _hold_commit_of(desk: Desk, text: str) -> asyncio.Event:
+    """Route as usual, but hold the commit of the round that holds ``text`` until the
+    returned event is set (the round has routed its messages by then: it is writing)."""
+    from storage.db import before_commit
+
+    gate = asyncio.Event()
+    router = desk.core.manager.router
+    route = router.route
+
+    async def holding(turn: Turn) -> None:
+        await route(turn)
+        if turn.text == text:
+            before_commit(turn.session, gate.wait)
+
+    router.route = holding  # type: ignore[method-assign]
+    return gate
+
+
+async def _until(condition: object, *, seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_the_next_round_runs_while_one_is_committing(desk: Desk) -> None:
+    manager = desk.core.manager
+    assert manager.pipeline == 2
+    for user in ("slow", "quick"):
+        await desk.say("hi", user=user)
+    gate = _hold_commit_of(desk, "thanks, bye")
+    slow = asyncio.create_task(manager.handle(desk.inbound("thanks, bye", user="slow")))
+    await asyncio.sleep(0.2)  # its round has routed and waits to commit
+    quick = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="quick")), 10)
+    assert not slow.done()
+    assert not quick.duplicate and len(quick.outbox_ids) == 1
+    gate.set()
+    assert not (await asyncio.wait_for(slow, 10)).duplicate
+    replies = await desk.delivered()
+    assert len(replies) == 2
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_a_thread_waits_for_its_round_in_flight_to_commit(desk: Desk) -> None:
+    manager = desk.core.manager
+    await desk.say("hi", user="bystander")
+    gate = _hold_commit_of(desk, "reset my password")
+    first = asyncio.create_task(manager.handle(desk.inbound("reset my password")))
+    await asyncio.sleep(0.2)  # routed, holding its commit
+    # the answer to the first message's question, and someone else meanwhile
+    second = asyncio.create_task(manager.handle(desk.inbound("my SSO account")))
+    other = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="bystander")), 10)
+    assert not other.duplicate
+    await asyncio.sleep(0.1)
+    assert not first.done() and not second.done()  # the thread's next message waits
+    gate.set()
+    one, two = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert one.route == two.route == "request.password_reset"
+    replies = [r for r in await desk.delivered() if r.conversation_id == one.conversation_id]
+    # the second message saw what the first one's round committed: its flow went on
+    assert "Which account" in replies[0].markdown
+    assert "How can the desk reach you" in replies[1].markdown
+
+
+async def test_sqlite_keeps_one_round_in_flight(desk: Desk) -> None:
+    # a second write transaction on SQLite would only wait for the first one's lock
+    assert desk.core.manager.pipeline == (1 if desk.core.db.is_sqlite else 2)
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_a_round_that_crashes_after_its_commit_stops_nothing_else(
+    desk: Desk, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = desk.core.manager
+    await desk.say("hi", user="after")
+    events = manager.events
+
+    def broken(event: object) -> None:
+        raise RuntimeError("the bus is broken")
+
+    events.publish = broken  # type: ignore[method-assign]
+    handled = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="after")), 10)
+    assert not handled.duplicate  # committed before the crash: its caller has the result
+    await _until(lambda: "manager.round.crashed" in caplog.text)
+    del events.publish
+    # the worker goes on: the next message is handled
+    again = await asyncio.wait_for(manager.handle(desk.inbound("hi", user="after")), 10)
+    assert not again.duplicate and again.conversation_id == handled.conversation_id
