@@ -18,6 +18,9 @@ goes out without a claiming transaction. For a channel that can reconcile they a
 inserted stamped: its ambiguous window opens at the commit, and a crash before the send
 is resolved by reconciling (not found: sent once after the lease). Every other row is
 stamped just before its send, as a claimed one is.
+
+While serving, a batch is settled in the background as the next one is sent (one
+settle at a time, in order); :meth:`OutboxDispatcher.run_once` settles before it returns.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class OutboxDispatcher:
         self._handed: deque[Handed] = deque()
         self._reconciles: dict[str, bool] = {}
         self._stopping = False
+        self._settling: asyncio.Task[None] | None = None
 
     # lifecycle -------------------------------------------------------------------
 
@@ -218,34 +222,47 @@ class OutboxDispatcher:
             self._wake.set()
 
     async def _serve(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                processed = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("outbox.sweep.failed")
-                processed = 0
-            # a full batch may have left due rows behind, and a wake during the sweep
-            # means new rows; after a partial batch nothing was due at the claim, so
-            # claiming again at once would be an empty transaction per batch
-            if self._stopping:
-                return
-            if processed >= self.policy.batch_size or self._wake.is_set() or self._handed:
-                continue
-            self.idle.set()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.policy.poll_seconds)
-            except TimeoutError:
-                pass
-            self.idle.clear()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    processed = await self._sweep()  # its batch is settled meanwhile
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("outbox.sweep.failed")
+                    processed = 0
+                # a full batch may have left due rows behind, and a wake during the sweep
+                # means new rows; after a partial batch nothing was due at the claim, so
+                # claiming again at once would be an empty transaction per batch
+                if self._stopping:
+                    return
+                if processed >= self.policy.batch_size or self._wake.is_set() or self._handed:
+                    continue
+                if self._settling is not None and not await self._settled_unless_woken():
+                    continue  # new rows came while the last batch was being settled
+                self.idle.set()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.policy.poll_seconds)
+                except TimeoutError:
+                    pass
+                self.idle.clear()
+        finally:
+            await asyncio.shield(self._settled())  # a stop lets the last batch settle
 
     # one sweep ---------------------------------------------------------------------
 
     async def run_once(self) -> int:
         """Recover stale claims, then deliver one batch (the rows handed over, else the
-        due rows claimed); rows processed."""
+        due rows claimed) and settle it; rows processed."""
+        processed = await self._sweep()
+        await self._settled(raising=True)
+        return processed
+
+    async def _sweep(self) -> int:
+        """:meth:`run_once`, but the batch's settling (its "sent" UPDATE, retries and
+        alerts) goes on in the background after the one before it, so that the serving
+        loop sends the next batch meanwhile."""
         now = self.clock.now()
         loop_now = asyncio.get_running_loop().time()
         if self._next_recovery is None or loop_now >= self._next_recovery:
@@ -288,12 +305,42 @@ class OutboxDispatcher:
         )
         outcomes = [outcome for group in results for outcome in group]
         self._fault_point("after_send")
-        await self._settle(
-            outcomes,
-            {row_id: attempts for row_id, _, attempts, _, _ in claimed},
-            {row_id: conversation for row_id, _, _, _, conversation in claimed},
+        await self._settled()  # one batch settles at a time, in the order they went out
+        self._settling = asyncio.create_task(
+            self._settle(
+                outcomes,
+                {row_id: attempts for row_id, _, attempts, _, _ in claimed},
+                {row_id: conversation for row_id, _, _, _, conversation in claimed},
+            ),
+            name="outbox.settle",
         )
         return len(claimed)
+
+    async def _settled_unless_woken(self) -> bool:
+        """Wait for the batch being settled, unless new rows come first (then False)."""
+        assert self._settling is not None
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({self._settling, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if self._wake.is_set() or self._handed:
+            return False
+        await self._settled()
+        return True
+
+    async def _settled(self, *, raising: bool = False) -> None:
+        """Wait for the batch being settled, if any. A failed settle is logged (or raised):
+        its rows stay claimed, and recovery settles them once their lease runs out."""
+        task, self._settling = self._settling, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception:
+            if raising:
+                raise
+            logger.exception("outbox.settle.failed")
 
     def _take_handed(self, now: datetime) -> list[Handed]:
         """Up to a batch of handed rows whose claim still holds (a row left waiting past

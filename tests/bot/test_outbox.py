@@ -493,3 +493,62 @@ async def test_a_batch_that_raises_fails_every_row_the_same_way(desk: Desk) -> N
     await desk.core.dispatcher.run_once()
     assert [o.markdown for o in batches.sent] == ["a", "b"]
     assert len(batches.calls) == 2
+
+
+async def test_the_next_batch_goes_out_while_the_one_before_is_settled(desk: Desk) -> None:
+    plain = Flaky()
+    desk.core.registry.add(plain)
+    dispatcher = desk.core.dispatcher
+    dispatcher.policy = dataclasses.replace(dispatcher.policy, poll_seconds=60)
+    gate = asyncio.Event()
+    settle = dispatcher._settle
+    settling: list[list[int]] = []
+
+    async def held(outcomes, *args):  # type: ignore[no-untyped-def]
+        settling.append([o.row_id for o in outcomes])
+        if len(settling) == 1:
+            await gate.wait()  # the first batch's "sent" UPDATE is slow
+        await settle(outcomes, *args)
+
+    dispatcher._settle = held  # type: ignore[method-assign]
+    await dispatcher.start()
+    await _until(dispatcher.idle.is_set)
+    try:
+        first = await _ask(desk, "flaky", "ann")
+        await _until(lambda: len(plain.sent) == 1 and len(settling) == 1)
+        second = await _ask(desk, "flaky", "bob")
+        # sent while the first batch is still being settled...
+        await _until(lambda: len(plain.sent) == 2)
+        assert [(await _row(desk, i)).status for i in first + second] == ["sending"] * 2
+        # ...and settled after it, in the order they went out
+        await asyncio.sleep(0.1)
+        assert len(settling) == 1
+        gate.set()
+        await _until(lambda: len(settling) == 2)
+        await _until(dispatcher.idle.is_set)
+        assert [(await _row(desk, i)).status for i in first + second] == ["sent"] * 2
+    finally:
+        gate.set()
+        await dispatcher.stop()
+
+
+async def test_a_stop_lets_the_batch_being_settled_finish(desk: Desk) -> None:
+    plain = Flaky()
+    desk.core.registry.add(plain)
+    dispatcher = desk.core.dispatcher
+    dispatcher.policy = dataclasses.replace(dispatcher.policy, poll_seconds=60)
+    settle = dispatcher._settle
+    started = asyncio.Event()
+
+    async def slow(*args):  # type: ignore[no-untyped-def]
+        started.set()
+        await asyncio.sleep(0.2)
+        await settle(*args)
+
+    dispatcher._settle = slow  # type: ignore[method-assign]
+    await dispatcher.start()
+    await _until(dispatcher.idle.is_set)
+    [row_id] = await _ask(desk, "flaky", "ann")
+    await asyncio.wait_for(started.wait(), 10)
+    await dispatcher.stop()
+    assert (await _row(desk, row_id)).status == "sent"
