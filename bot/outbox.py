@@ -242,10 +242,8 @@ class OutboxDispatcher:
                 if self._settling is not None and not await self._settled_unless_woken():
                     continue  # new rows came while the last batch was being settled
                 self.idle.set()
-                try:
+                with contextlib.suppress(TimeoutError):  # the poll: look again
                     await asyncio.wait_for(self._wake.wait(), timeout=self.policy.poll_seconds)
-                except TimeoutError:
-                    pass
                 self.idle.clear()
         finally:
             await asyncio.shield(self._settled())  # a stop lets the last batch settle

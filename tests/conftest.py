@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,13 @@ class Desk:
         new = [s.outbound for s in self.channel.sent[self._seen :]]
         self._seen = len(self.channel.sent)
         return new
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, polling; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 def text_of(replies: list[Outbound]) -> str:

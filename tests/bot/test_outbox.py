@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -14,7 +14,7 @@ from bot.errors import PermanentError, RateLimited
 from bot.outbox import Handed
 from bot.types import Delivery, Inbound, Outbound, Sender
 from storage.models import Alert, OutboxRow
-from tests.conftest import Desk
+from tests.conftest import Desk, until
 
 
 class Flaky:
@@ -295,12 +295,6 @@ async def _ask(desk: Desk, channel: str, *users: str) -> list[int]:
     return [row_id for result in results for row_id in result.outbox_ids]
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 def _is_claim(statement: str) -> bool:
     return "SET status=" in statement.replace(" = ", "=") and "SELECT" in statement
 
@@ -318,11 +312,11 @@ async def test_a_serving_dispatcher_sends_the_replies_handed_over_without_claimi
     dispatcher = desk.core.dispatcher
     dispatcher.policy = dataclasses.replace(dispatcher.policy, poll_seconds=60)
     await dispatcher.start()
-    await _until(dispatcher.idle.is_set)  # its first sweep is over; the next in a minute
+    await until(dispatcher.idle.is_set)  # its first sweep is over; the next in a minute
     try:
         with outbox_updates(desk) as updates:
             ids = await _ask(desk, "flaky", "ann", "bob") + await _ask(desk, "reconciles", "cy")
-            await _until(lambda: len(plain.sent) == 2 and len(reconciling.sent) == 1)
+            await until(lambda: len(plain.sent) == 2 and len(reconciling.sent) == 1)
     finally:
         await desk.core.dispatcher.stop()
     assert not any(_is_claim(u) for u in updates)
@@ -512,20 +506,20 @@ async def test_the_next_batch_goes_out_while_the_one_before_is_settled(desk: Des
 
     dispatcher._settle = held  # type: ignore[method-assign]
     await dispatcher.start()
-    await _until(dispatcher.idle.is_set)
+    await until(dispatcher.idle.is_set)
     try:
         first = await _ask(desk, "flaky", "ann")
-        await _until(lambda: len(plain.sent) == 1 and len(settling) == 1)
+        await until(lambda: len(plain.sent) == 1 and len(settling) == 1)
         second = await _ask(desk, "flaky", "bob")
         # sent while the first batch is still being settled...
-        await _until(lambda: len(plain.sent) == 2)
+        await until(lambda: len(plain.sent) == 2)
         assert [(await _row(desk, i)).status for i in first + second] == ["sending"] * 2
         # ...and settled after it, in the order they went out
         await asyncio.sleep(0.1)
         assert len(settling) == 1
         gate.set()
-        await _until(lambda: len(settling) == 2)
-        await _until(dispatcher.idle.is_set)
+        await until(lambda: len(settling) == 2)
+        await until(dispatcher.idle.is_set)
         assert [(await _row(desk, i)).status for i in first + second] == ["sent"] * 2
     finally:
         gate.set()
@@ -547,7 +541,7 @@ async def test_a_stop_lets_the_batch_being_settled_finish(desk: Desk) -> None:
 
     dispatcher._settle = slow  # type: ignore[method-assign]
     await dispatcher.start()
-    await _until(dispatcher.idle.is_set)
+    await until(dispatcher.idle.is_set)
     [row_id] = await _ask(desk, "flaky", "ann")
     await asyncio.wait_for(started.wait(), 10)
     await dispatcher.stop()

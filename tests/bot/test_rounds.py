@@ -22,7 +22,7 @@ from bot.types import Inbound, Sender
 from knowledge import KnowledgeBase
 from storage.db import Database
 from storage.models import InboundReceipt, Message, OutboxRow
-from tests.conftest import Desk, text_of
+from tests.conftest import Desk, text_of, until
 
 
 @contextmanager
@@ -372,13 +372,6 @@ def _hold_commit_of(desk: Desk, text: str) -> asyncio.Event:
     return gate
 
 
-async def _until(condition: object, *, seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)
 async def test_the_next_round_runs_while_one_is_committing(desk: Desk) -> None:
     manager = desk.core.manager
@@ -438,7 +431,7 @@ async def test_a_round_that_crashes_after_its_commit_stops_nothing_else(
     events.publish = broken  # type: ignore[method-assign]
     handled = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="after")), 10)
     assert not handled.duplicate  # committed before the crash: its caller has the result
-    await _until(lambda: "manager.round.crashed" in caplog.text)
+    await until(lambda: "manager.round.crashed" in caplog.text)
     del events.publish
     # the worker goes on: the next message is handled
     again = await asyncio.wait_for(manager.handle(desk.inbound("hi", user="after")), 10)
