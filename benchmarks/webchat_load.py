@@ -24,6 +24,9 @@ What runs:
 With ``--nodes N`` there are N deskbot processes on the one database, as several nodes
 behind a load balancer: visitors are spread over them, and any node's dispatcher may send
 a reply to a socket held by another (PostgreSQL LISTEN/NOTIFY, docs/deployment.md).
+With ``--workers N`` deskbot is started as a service would start it, ``deskbot run`` with
+``DESKBOT_WORKERS=N`` (bot/workers.py): a supervisor and N workers sharing one port, the
+kernel spreading the visitors' connections over them; the server CPU is theirs together.
 
 Two phases against each server: *saturation* (no pause between a visitor's questions:
 the most the server can answer, and the latency when it is that busy), then *paced*
@@ -575,6 +578,9 @@ class Child:
                 return int(line.split()[1])
         raise RuntimeError("server did not start")
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
     def stop(self, timeout: float = 30) -> None:
         if self.proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
@@ -586,10 +592,63 @@ class Child:
             self.proc.wait()
 
 
+class Workers:
+    """``deskbot run`` with ``DESKBOT_WORKERS=n`` (its own settings, from the environment
+    only), stopped by SIGTERM as a service manager stops it."""
+
+    def __init__(self, workers: int, database_url: str, var_dir: Path, event_loop: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DESKBOT_")}
+        env.update(
+            {
+                "PYTHONPATH": str(REPO_ROOT),
+                "DESKBOT_WORKERS": str(workers),
+                "DESKBOT_DATABASE_URL": database_url,
+                "DESKBOT_VAR_DIR": str(var_dir),
+                "DESKBOT_HTTP_PORT": "0",
+                "DESKBOT_SECRET_KEY": "benchmark-secret-key",
+                "DESKBOT_WEBCHAT_ALLOWED_ORIGINS": json.dumps([ALLOWED_ORIGIN]),
+                "DESKBOT_WEBCHAT_RATE_PER_MINUTE": "100000",
+                "DESKBOT_LOG_LEVEL": "WARNING",
+                "DESKBOT_EVENT_LOOP": event_loop,
+            }
+        )
+        var_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.main", "run"],
+            cwd=var_dir,  # no .env of a checkout is read
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def url(self) -> str:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the supervisor prints it once every worker serves
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].split()[0].rstrip(".")
+        raise RuntimeError("deskbot run did not start")
+
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid, *(int(pid) for pid in children.read_text().split())]
+
+    def stop(self, timeout: float = 60) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def run_client(
-    bases: list[str], args: argparse.Namespace, deadline: float, servers: list[Child]
+    bases: list[str],
+    args: argparse.Namespace,
+    deadline: float,
+    servers: list[Child] | list[Workers],
 ) -> dict[str, Any]:
-    server_before, pg_before = sum(_cpu_of(s.proc.pid) for s in servers), _postgres_cpu()
+    pids = [pid for server in servers for pid in server.pids()]
+    server_before, pg_before = sum(_cpu_of(pid) for pid in pids), _postgres_cpu()
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -610,7 +669,7 @@ def run_client(
         "--texts",
         args.texts,
         "--server-pids",
-        ",".join(str(s.proc.pid) for s in servers),
+        ",".join(str(pid) for pid in pids),
     ]
     remaining = max(10.0, deadline - time.monotonic())
     done = subprocess.run(command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT)
@@ -621,7 +680,7 @@ def run_client(
     result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
     # CPU over the client's whole run (sessions, warm-up and phases), per message handled
     messages = max(1, int(result["messages"]))
-    server_cpu = sum(_cpu_of(s.proc.pid) for s in servers) - server_before
+    server_cpu = sum(_cpu_of(pid) for pid in pids) - server_before
     pg_cpu = _postgres_cpu() - pg_before
     result["cpu_ms_per_message"] = {
         "server": round(server_cpu * 1000 / messages, 2),
@@ -653,30 +712,41 @@ def orchestrate(args: argparse.Namespace) -> None:
             results["echo"] = run_client([f"http://127.0.0.1:{port}"], args, deadline, [echo])
         finally:
             echo.stop()
-        with tempfile.TemporaryDirectory() as var_dir:
-            profile = Path(args.profile) if args.profile else None
-            nodes: list[Child] = []
-            bases: list[str] = []
-            try:
-                for n in range(args.nodes):  # one after the other: the first migrates
-                    nodes.append(
-                        Child(
-                            "--role",
-                            "server",
-                            "--database-url",
-                            f"{PG_ADMIN}/{name}",
-                            "--var-dir",
-                            str(Path(var_dir) / f"node{n}"),
-                            "--event-loop",
-                            args.event_loop,
-                            profile=profile if n == 0 else None,
+        if args.workers:
+            with tempfile.TemporaryDirectory() as var_dir:
+                service = Workers(
+                    args.workers, f"{PG_ADMIN}/{name}", Path(var_dir), args.event_loop
+                )
+                try:
+                    url = service.url()
+                    results["deskbot"] = run_client([url], args, deadline, [service])
+                finally:
+                    service.stop()
+        else:
+            with tempfile.TemporaryDirectory() as var_dir:
+                profile = Path(args.profile) if args.profile else None
+                nodes: list[Child] = []
+                bases: list[str] = []
+                try:
+                    for n in range(args.nodes):  # one after the other: the first migrates
+                        nodes.append(
+                            Child(
+                                "--role",
+                                "server",
+                                "--database-url",
+                                f"{PG_ADMIN}/{name}",
+                                "--var-dir",
+                                str(Path(var_dir) / f"node{n}"),
+                                "--event-loop",
+                                args.event_loop,
+                                profile=profile if n == 0 else None,
+                            )
                         )
-                    )
-                    bases.append(f"http://127.0.0.1:{nodes[-1].port(120)}")
-                results["deskbot"] = run_client(bases, args, deadline, nodes)
-            finally:
-                for node in nodes:
-                    node.stop()
+                        bases.append(f"http://127.0.0.1:{nodes[-1].port(120)}")
+                    results["deskbot"] = run_client(bases, args, deadline, nodes)
+                finally:
+                    for node in nodes:
+                        node.stop()
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     report(results, args)
@@ -686,7 +756,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\n{args.visitors} concurrent visitors, {args.questions} questions each "
         f"({args.texts} texts), "
-        f"{args.nodes} deskbot node(s), {os.cpu_count()} CPUs shared by client and servers, "
+        + (
+            f"deskbot run with {args.workers} workers on one port, "
+            if args.workers
+            else f"{args.nodes} deskbot node(s), "
+        )
+        + f"{os.cpu_count()} CPUs shared by client and servers, "
         f"event loop: {args.event_loop}\n"
     )
     print("| server | phase | replies | replies/s | p50 ms | p90 ms | p99 ms | max ms | errors |")
@@ -750,6 +825,12 @@ def main() -> None:
         default=1,
         help="deskbot server processes on the one database (visitors spread over them)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="start deskbot as `deskbot run` with DESKBOT_WORKERS=N (one port) instead",
+    )
     parser.add_argument("--profile", help="write a cProfile of the first deskbot node here")
     parser.add_argument(
         "--event-loop",
@@ -763,6 +844,8 @@ def main() -> None:
     parser.add_argument("--server-pids", default="", help=argparse.SUPPRESS)
     parser.add_argument("--var-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.workers and (args.nodes != 1 or args.profile):
+        parser.error("--workers replaces --nodes and --profile")
     role = args.role or "orchestrate"
     if role in ("server", "echo"):
         from bot.main import event_loop_factory

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -69,7 +70,14 @@ class Core:
 
         async with self.db.read() as session:
             await session.execute(text("SELECT 1"))
-        return {"status": "ok", "database": "ok", "channels": self.registry.kinds()}
+        report: dict[str, Any] = {
+            "status": "ok",
+            "database": "ok",
+            "channels": self.registry.kinds(),
+        }
+        if self.settings.worker:  # which of several workers on the port answered
+            report["worker"] = self.settings.worker
+        return report
 
     async def backlog(self) -> dict[str, int]:
         async with self.db.read() as session:
@@ -178,7 +186,12 @@ class Runtime:
 
             routers = http_routers(self.core)
             app = build_app(health=self.core.health, routers=routers, backlog=self.core.backlog)
-            self.http = HttpServer(app, host=self.settings.http_host, port=self.settings.http_port)
+            self.http = HttpServer(
+                app,
+                host=self.settings.http_host,
+                port=self.settings.http_port,
+                reuse_port=self.settings.http_reuse_port,
+            )
             await self.http.start()
             self._started.append(self.http)
             for channel in self.core.registry:
@@ -338,11 +351,12 @@ _mount_optional("kb", "knowledge.cli")
 _mount_optional("email", "channels.email.cli")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, worker: str | None = None) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
+    node = f" worker={worker}" if worker else ""  # one of several on a port (bot/workers.py)
     logging.basicConfig(
         level=numeric,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{node} %(message)s",
         stream=sys.stderr,
     )
     # APScheduler logs two INFO lines for every job run, and the KB sync runs every few
@@ -356,7 +370,18 @@ def _setup_logging(level: str) -> None:
 def run() -> None:
     """Start deskbot: HTTP server, enabled channels, scheduler and outbox dispatcher."""
     settings = Settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, worker=settings.worker)
+    if settings.workers > 1:
+        from bot.workers import WorkersRefused, supervise
+
+        try:
+            code = supervise(settings, lambda url: _announce(settings, url))
+        except WorkersRefused as exc:
+            typer.echo(f"deskbot: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if code == 0:
+            typer.echo("deskbot stopped.")
+        raise typer.Exit(code)
     settings.ensure_secret_key()
     with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
         runner.run(_serve(settings))
@@ -397,6 +422,19 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
+def _announce(settings: Settings, url: str) -> None:
+    """The lines a person starting deskbot reads first: where it listens."""
+    shown = (settings.public_url or url).rstrip("/")
+    typer.echo(f"deskbot is listening on {url}. Ctrl-C stops it.")
+    for label, path in (
+        ("demo page", "/"),
+        ("agent console", "/agent"),
+        ("API docs", "/api/docs"),
+        ("health", "/healthz"),
+    ):
+        typer.echo(f"  {label:<14} {shown}{path}")
+
+
 async def _serve(settings: Settings) -> None:
     runtime = Runtime(settings)
     stop = asyncio.Event()
@@ -408,21 +446,17 @@ async def _serve(settings: Settings) -> None:
     settle_garbage_collector()
     host = "127.0.0.1" if settings.http_host in ("", "0.0.0.0", "::") else settings.http_host
     url = f"http://{host}:{runtime.http.port}"
-    shown = (settings.public_url or url).rstrip("/")
     logger.info(
         "deskbot.started url=%s channels=%s loop=%s",
         url,
         ",".join(runtime.core.registry.kinds()),
         "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
     )
-    typer.echo(f"deskbot is listening on {url}. Ctrl-C stops it.")
-    for label, path in (
-        ("demo page", "/"),
-        ("agent console", "/agent"),
-        ("API docs", "/api/docs"),
-        ("health", "/healthz"),
-    ):
-        typer.echo(f"  {label:<14} {shown}{path}")
+    if settings.worker_ready_fd is not None:  # one of several: the supervisor announces
+        os.write(settings.worker_ready_fd, b"ready\n")
+        os.close(settings.worker_ready_fd)
+    else:
+        _announce(settings, url)
     if settings.demo:
         import secrets
 
@@ -446,7 +480,8 @@ async def _serve(settings: Settings) -> None:
     await stop.wait()
     logger.info("deskbot.stopping")
     await runtime.stop()
-    typer.echo("deskbot stopped.")
+    if settings.worker is None:  # a worker's supervisor says it once for all of them
+        typer.echo("deskbot stopped.")
 
 
 @db_app.command("upgrade")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 REGISTRY = CollectorRegistry()
+
+if values.ValueClass is not values.MutexValue:  # one of several workers (bot/workers.py)
+    # each value asks the process id on every change, to notice a fork; a worker is a
+    # process of its own, started from scratch (never forked), so its id is read once
+    _WORKER_PID = os.getpid()
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _WORKER_PID)
 
 INBOUND = Counter(
     "deskbot_inbound_total",
@@ -36,4 +44,17 @@ OUTBOX_BACKLOG = Gauge(
     "Outbox rows by status at the last scrape",
     ["status"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",  # with several workers: the last scrape's count
 )
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What ``/metrics`` reports: this process's metrics; or, when several workers share
+    one port (``DESKBOT_WORKERS``: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` for
+    them before this module is imported, so every value lives in a file of its worker),
+    every worker's added up, whichever worker takes the scrape."""
+    if values.ValueClass is values.MutexValue:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

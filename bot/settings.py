@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_reuse_port: bool = False
+    workers: int = Field(default=1, ge=1, le=64)
+    # set by the supervisor of several workers for each of them (bot/workers.py)
+    worker: str | None = None
+    worker_ready_fd: int | None = None
     public_url: str | None = None
     kb_dir: Path = SAMPLE_KB_DIR
     catalog: Path = SAMPLE_CATALOG
@@ -94,6 +99,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.var_dir / 'deskbot.sqlite3').resolve()}"
+
+    @property
+    def on_postgres(self) -> bool:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.resolved_database_url).get_backend_name() == "postgresql"
 
     @property
     def slack_enabled(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.metrics import OUTBOX_BACKLOG, REGISTRY
+from bot.metrics import OUTBOX_BACKLOG, scrape_registry
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +55,63 @@ def build_app(
                     OUTBOX_BACKLOG.labels(status=status).set(count)
             except Exception:
                 logger.warning("http.metrics.backlog_failed")
-        return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers or []:
         app.include_router(router)
     return app
 
 
-class HttpServer:
-    """uvicorn serving ``app`` in this event loop; ``start`` returns once it listens."""
+def reuse_port_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``host:port`` with ``SO_REUSEPORT``, not yet listening: several
+    processes that each bind the same port this way share it, and the kernel spreads new
+    connections over those that listen (Linux, by a hash of the client's address and port).
+    One socket per address the host resolves to, as uvicorn's own binding does; with port
+    0, all on the port the first one was given."""
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and sockets[1:]:  # port 0: every address on the first one's port
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
-    def __init__(self, app: FastAPI, *, host: str, port: int, log_level: str = "warning") -> None:
+
+class HttpServer:
+    """uvicorn serving ``app`` in this event loop; ``start`` returns once it listens.
+
+    With ``reuse_port`` the port is bound with ``SO_REUSEPORT``, to be shared with other
+    processes bound the same way (``DESKBOT_WORKERS``, bot/workers.py)."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str,
+        port: int,
+        log_level: str = "warning",
+        reuse_port: bool = False,
+    ) -> None:
         self.app = app
+        self.reuse_port = reuse_port
         config = uvicorn.Config(
             app,
             host=host,
@@ -93,7 +139,9 @@ class HttpServer:
         return str(self._server.config.host)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name="http.server")
+        config = self._server.config
+        sockets = reuse_port_sockets(config.host, config.port) if self.reuse_port else None
+        self._task = asyncio.create_task(self._server.serve(sockets), name="http.server")
         while not self._server.started:
             if self._task.done():
                 self._task.result()

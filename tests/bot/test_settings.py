@@ -16,6 +16,11 @@ def test_env_example_documents_every_setting() -> None:
     assert missing == []
 
 
+def test_env_example_copied_as_it_is_is_a_valid_configuration() -> None:
+    settings = Settings(_env_file=REPO_ROOT / ".env.example")  # type: ignore[call-arg]
+    assert settings.workers == 1 and settings.worker is None and not settings.http_reuse_port
+
+
 def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, var_dir=tmp_path)  # type: ignore[call-arg]
     first = settings.ensure_secret_key()
