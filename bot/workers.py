@@ -73,10 +73,11 @@ class _Worker:
         self.ready = asyncio.Event()
         self.ready_at: float | None = None
         self.delay = RESTART_FIRST_DELAY
+        self._read_fd: int | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
         self.ready = asyncio.Event()
         self.ready_at = None
         env = {
@@ -88,23 +89,34 @@ class _Worker:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot.main", "run", env=env, pass_fds=(write_fd,)
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
-
-        def readable() -> None:
-            try:
-                data = os.read(read_fd, 64)
-            except OSError:
-                data = b""
-            if b"ready" in data:
-                self.ready_at = loop.time()
-                self.ready.set()
-            if not data or self.ready.is_set():
-                loop.remove_reader(read_fd)
-                os.close(read_fd)
-
-        loop.add_reader(read_fd, readable)
+        self._read_fd = read_fd
+        asyncio.get_running_loop().add_reader(read_fd, self.read_ready)
         logger.info("workers.started worker=%s pid=%s", self.label, self.proc.pid)
+
+    def read_ready(self) -> None:
+        """Read the worker's pipe: "ready" once it serves, end of file when it exits.
+        Also called when the worker exits, for a "ready" not read yet."""
+        fd = self._read_fd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return  # nothing written (called at exit on an open pipe)
+        except OSError:
+            data = b""
+        if b"ready" in data:
+            self.ready_at = asyncio.get_running_loop().time()
+            self.ready.set()
+        if not data or self.ready.is_set():
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+            self._read_fd = None
 
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -195,6 +207,7 @@ async def _supervise(
             for task in done & set(waits):
                 worker = waits.pop(task)
                 code = task.result()
+                worker.read_ready()  # a "ready" written just before it died
                 if not worker.ready.is_set():
                     logger.error(
                         "workers.failed_to_start worker=%s code=%s: stopping every worker",
