@@ -209,6 +209,28 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def advisory_holder_pids(database: Database, name: str) -> list[int]:
+    """The backends holding the session-level advisory lock ``name`` (storage/locks.py)
+    in ``database``, read from pg_locks."""
+    from sqlalchemy import text
+
+    from storage.locks import lock_key
+
+    unsigned = lock_key(name) & 0xFFFFFFFFFFFFFFFF
+    async with database.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = :hi AND objid = :lo AND objsubid = 1 "
+                # advisory locks are per database: other test workers hold the same
+                # names in theirs at the same time
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+        )
+        return [int(pid) for pid in rows.scalars()]
+
+
 def text_of(replies: list[Outbound]) -> str:
     return "\n".join(r.markdown for r in replies)
 

@@ -13,32 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from storage.db import Database
-from storage.locks import AdvisoryLocks, lock_key
+from storage.locks import AdvisoryLocks
 from storage.migrate import upgrade
+from tests.conftest import advisory_holder_pids, until
 
 NAME = "test:mailbox ann@imap.example/INBOX"
-
-
-async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
-async def _holder_pids(database: Database, name: str) -> list[int]:
-    unsigned = lock_key(name) & 0xFFFFFFFFFFFFFFFF
-    async with database.engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid = :hi AND objid = :lo AND objsubid = 1 "
-                # advisory locks are per database: other test workers hold the same
-                # names in theirs at the same time
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            ),
-            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
-        )
-        return [int(pid) for pid in rows.scalars()]
 
 
 async def _terminate(database: Database, pid: int) -> None:
@@ -91,8 +70,8 @@ async def test_one_node_holds_the_other_waits_and_takes_over_when_released(
     first = Node(AdvisoryLocks(database, retry_seconds=0.05))
     await asyncio.wait_for(first.entered.wait(), 10)
     second = Node(AdvisoryLocks(other_node, retry_seconds=0.05))
-    await _until(lambda: "storage.lock.waiting" in caplog.text)
-    [holder] = await _holder_pids(database, NAME)
+    await until(lambda: "storage.lock.waiting" in caplog.text)
+    [holder] = await advisory_holder_pids(database, NAME)
     assert f"holder_pid={holder}" in caplog.text
     await asyncio.sleep(0.3)  # several more tries, none of which may succeed
     assert not second.entered.is_set()
@@ -100,10 +79,10 @@ async def test_one_node_holds_the_other_waits_and_takes_over_when_released(
     first.leave.set()
     await asyncio.wait_for(first.task, 10)
     await asyncio.wait_for(second.entered.wait(), 10)
-    assert await _holder_pids(database, NAME) != [holder]
-    assert len(await _holder_pids(database, NAME)) == 1
+    assert await advisory_holder_pids(database, NAME) != [holder]
+    assert len(await advisory_holder_pids(database, NAME)) == 1
     await second.stop()
-    assert await _holder_pids(database, NAME) == []
+    assert await advisory_holder_pids(database, NAME) == []
 
 
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)
@@ -114,7 +93,7 @@ async def test_a_killed_lock_connection_is_noticed_and_the_waiter_takes_over(
     first = Node(AdvisoryLocks(database, retry_seconds=0.05, heartbeat_seconds=3600))
     await asyncio.wait_for(first.entered.wait(), 10)
     second = Node(AdvisoryLocks(other_node, retry_seconds=0.05))
-    [holder] = await _holder_pids(database, NAME)
+    [holder] = await advisory_holder_pids(database, NAME)
     assert not second.entered.is_set()
 
     await _terminate(other_node, holder)
@@ -186,11 +165,11 @@ async def test_a_lock_connection_gone_half_open_is_given_up_by_the_heartbeat(
     try:
         locks = AdvisoryLocks(through_proxy, heartbeat_seconds=0.1, statement_timeout=0.5)
         async with locks.hold(NAME) as lost:
-            assert len(await _holder_pids(database, NAME)) == 1
+            assert len(await advisory_holder_pids(database, NAME)) == 1
             proxy.frozen.set()
             await asyncio.wait_for(lost.wait(), 10)
         # the server still sees the frozen connection: only cutting it frees the lock
-        [holder] = await _holder_pids(database, NAME)
+        [holder] = await advisory_holder_pids(database, NAME)
         await _terminate(database, holder)
     finally:
         await proxy.stop()

@@ -19,10 +19,10 @@ from bot.main import Core
 from bot.types import HandleResult, Inbound
 from channels.email.adapter import EmailChannel
 from storage.db import Database
-from storage.locks import lock_key
 from storage.models import Conversation, OutboxRow
 from tests.channels.email.desk import DESK, FAST, EmailDesk, mail, make_core
 from tests.channels.email.peers import Dovecot, SmtpPeer
+from tests.conftest import advisory_holder_pids, until
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -90,17 +90,8 @@ class Cluster:
         return sum(not r.duplicate for node in self.nodes for r in node.results)
 
     async def holder_pid(self, channel: EmailChannel) -> int:
-        unsigned = lock_key(channel.mailbox_name) & 0xFFFFFFFFFFFFFFFF
-        async with self.desk.core.db.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND classid = :hi AND objid = :lo AND objsubid = 1"
-                ),
-                {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
-            )
-            [pid] = rows.scalars().all()
-            return int(pid)
+        [pid] = await advisory_holder_pids(self.desk.core.db, channel.mailbox_name)
+        return pid
 
     async def terminate(self, pid: int) -> None:
         async with self.desk.core.db.engine.connect() as conn:
@@ -127,12 +118,6 @@ async def cluster(
             await db.dispose()
 
 
-async def _until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def _moved(desk: EmailDesk, count: int, timeout: float = 20.0) -> None:
     """Wait until ``count`` mails are in the processed folder (the batch's move is done)."""
     async with asyncio.timeout(timeout):
@@ -155,7 +140,7 @@ async def test_two_pollers_on_one_mailbox_only_the_holder_fetches(
     caplog.set_level(logging.INFO)
     one, two = await _one_holds_two_waits(cluster, tmp_path)
     # the second node says that it waits, for which mailbox, and who holds it
-    await _until(lambda: "storage.lock.waiting" in caplog.text)
+    await until(lambda: "storage.lock.waiting" in caplog.text, timeout=20)
     waiting = next(r.getMessage() for r in caplog.records if "storage.lock.waiting" in r.msg)
     assert two.channel.mailbox_name in waiting
     assert f"holder_pid={await cluster.holder_pid(one.channel)}" in waiting
@@ -181,7 +166,7 @@ async def test_killed_lock_connection_hands_the_mailbox_over_exactly_once(
 
     await cluster.terminate(await cluster.holder_pid(one.channel))
     # the holder stops polling at once and waits again; the other takes over
-    await _until(lambda: not one.channel.holding.is_set())
+    await until(lambda: not one.channel.holding.is_set(), timeout=20)
     await asyncio.wait_for(two.channel.holding.wait(), 20)
     await cluster.desk.deliver(*(mail("", message_id=f"kill-b{i}") for i in range(3)))
     await two.wait_results(3)
@@ -210,7 +195,7 @@ async def test_holder_stopped_mid_batch_the_other_finishes_and_nothing_doubles(
     moved_by_one = await cluster.desk.folder_count("Processed")
 
     await asyncio.wait_for(two.channel.holding.wait(), 20)
-    await _until(lambda: cluster.handled() == 6)
+    await until(lambda: cluster.handled() == 6, timeout=20)
     await _moved(cluster.desk, 6)
     assert len(one.results) == 2
     # what node one committed but did not move is re-fetched by two and dropped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email import policy
 
@@ -19,6 +19,7 @@ from channels.email.imap import ImapSettings
 from channels.email.smtp import SmtpSender, SmtpSettings
 from tests.channels.email.desk import DESK
 from tests.channels.email.peers import CaptureHandler, SmtpPeer
+from tests.conftest import until
 
 
 @dataclass
@@ -109,14 +110,6 @@ def received_ids(peer: SmtpPeer) -> list[str]:
         str(email.message_from_bytes(c.data, policy=policy.default)["Message-ID"])
         for c in peer.handler.received
     ]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def send_all(pool: SmtpSender, numbers: range) -> None:
