@@ -444,8 +444,7 @@ async def _serve(settings: Settings) -> None:
             loop.add_signal_handler(signum, stop.set)
     await runtime.start()
     settle_garbage_collector()
-    host = "127.0.0.1" if settings.http_host in ("", "0.0.0.0", "::") else settings.http_host
-    url = f"http://{host}:{runtime.http.port}"
+    url = settings.local_url(runtime.http.port)
     logger.info(
         "deskbot.started url=%s channels=%s loop=%s",
         url,

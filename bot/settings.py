@@ -100,6 +100,12 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.var_dir / 'deskbot.sqlite3').resolve()}"
 
+    def local_url(self, port: int) -> str:
+        """The URL of this machine's HTTP server on ``port`` (the bound port: 0 picks one),
+        for the start-up lines; a wildcard host is shown as the loopback address."""
+        host = "127.0.0.1" if self.http_host in ("", "0.0.0.0", "::") else self.http_host
+        return f"http://{host}:{port}"
+
     @property
     def on_postgres(self) -> bool:
         from sqlalchemy.engine import make_url

@@ -34,7 +34,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -131,12 +130,6 @@ class _Worker:
         return delay
 
 
-def _reserve_port(host: str, port: int) -> list[socket.socket]:
-    from channels.http.server import reuse_port_sockets
-
-    return reuse_port_sockets(host, port)
-
-
 def _fresh_metrics_dir(settings: Settings) -> Path:
     path = (settings.var_dir / "metrics").resolve()
     shutil.rmtree(path, ignore_errors=True)
@@ -147,9 +140,11 @@ def _fresh_metrics_dir(settings: Settings) -> Path:
 def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
     """Run ``settings.workers`` workers until SIGTERM or SIGINT; the exit code.
     ``announce`` prints the URLs (given the local one) once every worker serves."""
+    from channels.http.server import reuse_port_sockets
+
     check(settings)
     settings.ensure_secret_key()
-    reserved = _reserve_port(settings.http_host, settings.http_port)
+    reserved = reuse_port_sockets(settings.http_host, settings.http_port)  # held, not listening
     try:
         port = reserved[0].getsockname()[1]
         env = {
@@ -176,8 +171,7 @@ async def _supervise(
     workers = [_Worker(index, count, env) for index in range(1, count + 1)]
     for worker in workers:
         await worker.start()
-    host = "127.0.0.1" if settings.http_host in ("", "0.0.0.0", "::") else settings.http_host
-    url = f"http://{host}:{port}"
+    url = settings.local_url(port)
     announced = False
     stopping = loop.create_task(stop.wait())
     restarts: dict[asyncio.Task[Any], _Worker] = {}
@@ -214,7 +208,7 @@ async def _supervise(
                         worker.label,
                         code,
                     )
-                    failure = code or 1
+                    failure = 128 - code if code < 0 else code or 1  # killed: 128 + signal
                     break
                 delay = worker.next_delay(loop.time())
                 logger.warning(
