@@ -172,7 +172,7 @@ async def _supervise(
     for worker in workers:
         await worker.start()
     url = settings.local_url(port)
-    announced = False
+    readiness: asyncio.Task[None] | None = loop.create_task(_all_ready(workers))
     stopping = loop.create_task(stop.wait())
     restarts: dict[asyncio.Task[Any], _Worker] = {}
     waits: dict[asyncio.Task[Any], _Worker] = {
@@ -181,15 +181,12 @@ async def _supervise(
     failure: int | None = None
     try:
         while True:
-            readiness = loop.create_task(_all_ready(workers)) if not announced else None
             pending: set[asyncio.Task[Any]] = {stopping, *waits, *restarts}
             if readiness is not None:
                 pending.add(readiness)
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if readiness is not None and not readiness.done():
-                readiness.cancel()
             if readiness in done:
-                announced = True
+                readiness = None
                 logger.info("workers.serving count=%d url=%s", count, url)
                 announce(url)
             if stopping in done:
@@ -222,6 +219,8 @@ async def _supervise(
                 break
     finally:
         stopping.cancel()
+        if readiness is not None:
+            readiness.cancel()
         for task in restarts:
             task.cancel()
         clean = await _stop_all(workers)

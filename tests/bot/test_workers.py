@@ -223,8 +223,8 @@ def test_reuse_port_sockets_share_one_port_across_addresses_and_processes() -> N
         try:
             for sock in [*first, *second]:
                 sock.listen()
-            with socket.create_connection(("127.0.0.1", port), timeout=5):
-                pass
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                assert client.getpeername() == ("127.0.0.1", port)
         finally:
             for sock in second:
                 sock.close()
