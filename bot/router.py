@@ -4,7 +4,7 @@
 2. an active flow waiting for an answer (slot filling);
 3. simple transactions recognised from free text (bot.intents);
 4. an active outage on a service the message names;
-5. a confident knowledge-base answer, then "did this help?";
+5. a confident knowledge-base answer, ending with "did this help?" (one message);
 6. a conversation that gathers what is needed and opens a ticket.
 
 Care signals (abuse, frustration) are checked first on every turn. Each handler records
@@ -701,18 +701,16 @@ class DeskRouter:
         notes = dict(turn.conversation.notes or {})
         notes.setdefault("offered_articles", []).append(article.id)
         turn.conversation.notes = notes
+        # one message: the article, then the question with its buttons beneath it (one
+        # notification in Slack, one email, one bubble; docs/conversations.md)
         turn.say(
-            f"**{article.title}**\n\n{article.body.strip()}",
-            kind="kb_answer",
-            meta={"article": article.id},
-        )
-        turn.say(
-            "Did this help?",
+            f"**{article.title}**\n\n{article.body.strip()}\n\nDid this help?",
             buttons=[
                 Button("Yes, that helped", f"kb:yes:{article.id}", "primary"),
                 Button("No", f"kb:no:{article.id}"),
             ],
-            kind="kb_feedback",
+            kind="kb_answer",
+            meta={"article": article.id},
         )
         why = f"article {article.id}" + (f" (confidence {confidence:.2f})" if confidence else "")
         turn.routed("kb.answer", why)
