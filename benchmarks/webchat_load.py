@@ -19,7 +19,8 @@ What runs:
   opens the socket with an allowed ``Origin``, waits for ``hello``, then all visitors start
   together and each asks ``--questions`` questions one after another. Latency is from the
   question frame out of the client to the first reply frame (the bot's answer) back in;
-  a turn ends when the "did this help?" frame has arrived too.
+  a turn ends when the "did this help?" buttons have arrived too (deskbot sends them in
+  the answer's own frame).
 
 With ``--nodes N`` there are N deskbot processes on the one database, as several nodes
 behind a load balancer: visitors are spread over them, and any node's dispatcher may send
@@ -41,9 +42,12 @@ the KB answers, none asked twice in a run, so every search and intent match is c
 A desk's real traffic lies between the two.
 
 Both servers run on the event loop ``deskbot run`` uses (``--event-loop``, as
-``DESKBOT_EVENT_LOOP``; uvloop by default). Each phase reports the CPU the servers,
-PostgreSQL and the client spent in it per reply, read from /proc at the phase's start and
-end; the whole client run's CPU per message (sessions and warm-up included) follows.
+``DESKBOT_EVENT_LOOP``; uvloop by default), and the client on the same loop: it shares
+the cores with the servers, so the less it takes the more of them the servers get (on
+uvloop it took about a tenth less CPU per reply than on asyncio's own). Each phase
+reports the CPU the servers, PostgreSQL and the client spent in it per reply, read from
+/proc at the phase's start and end; the whole client run's CPU per message (sessions and
+warm-up included) follows.
 
 The three processes share the machine's cores; everything stops by itself (``--deadline``).
 """
@@ -670,6 +674,8 @@ def run_client(
         args.texts,
         "--server-pids",
         ",".join(str(pid) for pid in pids),
+        "--event-loop",
+        args.event_loop,
     ]
     remaining = max(10.0, deadline - time.monotonic())
     done = subprocess.run(command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT)
@@ -836,7 +842,8 @@ def main() -> None:
         "--event-loop",
         choices=["auto", "uvloop", "asyncio"],
         default="auto",
-        help="the servers' event loop, as DESKBOT_EVENT_LOOP (auto: uvloop when installed)",
+        help="the servers' and the client's event loop, as DESKBOT_EVENT_LOOP (auto: uvloop "
+        "when installed)",
     )
     parser.add_argument("--role", choices=["orchestrate", "server", "echo", "client"])
     parser.add_argument("--base", help=argparse.SUPPRESS)
@@ -847,17 +854,18 @@ def main() -> None:
     if args.workers and (args.nodes != 1 or args.profile):
         parser.error("--workers replaces --nodes and --profile")
     role = args.role or "orchestrate"
-    if role in ("server", "echo"):
+    if role in ("server", "echo", "client"):
         from bot.main import event_loop_factory
 
-        # both servers on the event loop `deskbot run` serves on (DESKBOT_EVENT_LOOP)
+        # both servers on the event loop `deskbot run` serves on (DESKBOT_EVENT_LOOP), and
+        # the client on it too, so that it takes less of the cores the servers need
         with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
             if role == "server":
                 runner.run(serve_deskbot(args.database_url, Path(args.var_dir)))
-            else:
+            elif role == "echo":
                 runner.run(serve_echo())
-    elif role == "client":
-        asyncio.run(client_main(args))
+            else:
+                runner.run(client_main(args))
     else:
         orchestrate(args)
 
