@@ -39,8 +39,12 @@ async def _open_incident(desk: Desk, user: str = "alice") -> str:
 
 async def test_kb_answer_then_helped_is_deflected(desk: Desk) -> None:
     replies = await desk.say("how do I set up the company email on my iphone")
-    assert any(r.kind == "kb_answer" for r in replies)
-    assert any(v.startswith("kb:yes:") for v in buttons_of(replies))
+    # one message: the article, then the question, with its buttons beneath
+    [answer] = replies
+    assert answer.kind == "kb_answer"
+    assert answer.markdown.startswith("**Set up work email on your phone**")
+    assert answer.markdown.endswith("Did this help?")
+    assert [v.split(":")[:2] for v in buttons_of(replies)] == [["kb", "yes"], ["kb", "no"]]
     replies = await desk.say("yes")
     assert "glad" in text_of(replies).lower()
 
