@@ -49,6 +49,11 @@ reports the CPU the servers, PostgreSQL and the client spent in it per reply, re
 /proc at the phase's start and end; the whole client run's CPU per message (sessions and
 warm-up included) follows.
 
+During each phase a commit probe (``CommitProbe``) makes 20 durable one-row commits a
+second on the run's database and reports their latency beside the phase: every commit of
+deskbot's waits for the same disk, so a run whose tail is a stalled fsync (on this
+machine's disk, 100–300 ms several times a minute, at any commit rate) says so itself.
+
 The three processes share the machine's cores; everything stops by itself (``--deadline``).
 """
 
@@ -64,6 +69,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -75,6 +81,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 ALLOWED_ORIGIN = "https://intranet.example"
+PROBE_RATE = 20  # commits a second, each phase (CommitProbe)
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 QUESTIONS = (
     "how do I release my print job",
@@ -286,6 +293,7 @@ class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms_per_reply: dict[str, float] = field(default_factory=dict)
     messages_per_round: float | None = None
+    wall: tuple[float, float] = (0.0, 0.0)  # the phase's start and end, wall-clock
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -308,6 +316,58 @@ class PhaseResult:
             "mean_ms": round(statistics.fmean(lat), 1) if lat else float("nan"),
             "cpu_ms_per_reply": self.cpu_ms_per_reply,
             "messages_per_round": self.messages_per_round,
+            "wall": self.wall,
+        }
+
+
+class CommitProbe:
+    """PostgreSQL's durable commits while the client runs: ``PROBE_RATE`` one-row INSERTs a
+    second, each its own transaction (one WAL flush, one fsync), on a connection of its
+    own to the run's scratch database, from a thread of the orchestrator (idle meanwhile,
+    so the probe waits for no busy event loop). Every server's commit waits for the same
+    disk, so a stalled fsync shows here as it does in the servers' latency."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.samples: list[tuple[float, float]] = []  # (wall-clock time, ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> CommitProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            began = time.perf_counter()
+            n = 0
+            while not self._stop.is_set():
+                at = time.perf_counter()
+                await conn.execute("INSERT INTO bench_commit_probe DEFAULT VALUES")
+                self.samples.append((time.time(), (time.perf_counter() - at) * 1000))
+                n += 1
+                await asyncio.sleep(max(0.0, began + n / PROBE_RATE - time.perf_counter()))
+        finally:
+            await conn.close()
+
+    def during(self, start: float, end: float) -> dict[str, float]:
+        """The commits made between two wall-clock times."""
+        lat = sorted(ms for at, ms in self.samples if start <= at <= end)
+        if not lat:
+            return {}
+        return {
+            "commits": len(lat),
+            "p50": round(lat[len(lat) // 2], 1),
+            "p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
+            "max": round(lat[-1], 1),
+            "over_50": sum(ms > 50 for ms in lat),
         }
 
 
@@ -424,7 +484,7 @@ async def run_phase(
     result = PhaseResult(name)
     rounds_before = await _rounds_snapshot(list(bases)) if bases else None
     before = _cpu_snapshot(server_pids)
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
 
     async def turn(visitor: Visitor, text: str, since: float | None) -> bool:
         try:
@@ -467,6 +527,7 @@ async def run_phase(
         await asyncio.gather(*running)
     result.seconds = time.perf_counter() - started
     after = _cpu_snapshot(server_pids)
+    result.wall = (wall_started, time.time())
     rounds_after = await _rounds_snapshot(list(bases)) if bases else None
     if rounds_before and rounds_after and rounds_after[1] > rounds_before[1]:
         result.messages_per_round = round(
@@ -650,6 +711,7 @@ def run_client(
     args: argparse.Namespace,
     deadline: float,
     servers: list[Child] | list[Workers],
+    probe_dsn: str,
 ) -> dict[str, Any]:
     pids = [pid for server in servers for pid in server.pids()]
     server_before, pg_before = sum(_cpu_of(pid) for pid in pids), _postgres_cpu()
@@ -678,12 +740,17 @@ def run_client(
         args.event_loop,
     ]
     remaining = max(10.0, deadline - time.monotonic())
-    done = subprocess.run(command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT)
+    with CommitProbe(probe_dsn) as probe:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=remaining, cwd=REPO_ROOT
+        )
     if done.returncode != 0:
         raise RuntimeError(f"client failed:\n{done.stderr[-4000:]}")
     if done.stderr.strip():
         print(done.stderr[-2000:], file=sys.stderr)
     result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    for phase in result["phases"]:
+        phase["commit_probe_ms"] = probe.during(*phase.pop("wall"))
     # CPU over the client's whole run (sessions, warm-up and phases), per message handled
     messages = max(1, int(result["messages"]))
     server_cpu = sum(_cpu_of(pid) for pid in pids) - server_before
@@ -696,10 +763,12 @@ def run_client(
     return result
 
 
-async def _pg_admin(sql: str) -> None:
+async def _pg_admin(sql: str, dsn: str | None = None) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(PG_ADMIN.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+    conn = await asyncpg.connect(
+        dsn or PG_ADMIN.replace("postgresql+asyncpg", "postgresql") + "/postgres"
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -710,12 +779,19 @@ def orchestrate(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.deadline
     name = f"deskbot_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    probe = f"{PG_ADMIN.replace('postgresql+asyncpg', 'postgresql')}/{name}"
     results: dict[str, Any] = {}
     try:
+        # the commit probe's table, beside (not in) deskbot's schema
+        asyncio.run(
+            _pg_admin("CREATE TABLE bench_commit_probe (at timestamptz DEFAULT now())", probe)
+        )
         echo = Child("--role", "echo", "--event-loop", args.event_loop)
         try:
             port = echo.port(30)
-            results["echo"] = run_client([f"http://127.0.0.1:{port}"], args, deadline, [echo])
+            results["echo"] = run_client(
+                [f"http://127.0.0.1:{port}"], args, deadline, [echo], probe
+            )
         finally:
             echo.stop()
         if args.workers:
@@ -725,7 +801,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 )
                 try:
                     url = service.url()
-                    results["deskbot"] = run_client([url], args, deadline, [service])
+                    results["deskbot"] = run_client([url], args, deadline, [service], probe)
                 finally:
                     service.stop()
         else:
@@ -749,7 +825,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                             )
                         )
                         bases.append(f"http://127.0.0.1:{nodes[-1].port(120)}")
-                    results["deskbot"] = run_client(bases, args, deadline, nodes)
+                    results["deskbot"] = run_client(bases, args, deadline, nodes, probe)
                 finally:
                     for node in nodes:
                         node.stop()
@@ -798,6 +874,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"server {cpu['server']} ms, PostgreSQL {cpu['postgres']} ms, "
                 f"client {cpu['client']} ms"
             )
+    print()
+    for server in ("echo", "deskbot"):
+        for phase in results.get(server, {}).get("phases", []):
+            probe = phase.get("commit_probe_ms")
+            if probe:
+                print(
+                    f"{server}, {phase['phase']}: PostgreSQL commit probe ({PROBE_RATE}/s): "
+                    f"p50 {probe['p50']} ms, p99 {probe['p99']} ms, max {probe['max']} ms, "
+                    f"{probe['over_50']} of {probe['commits']} over 50 ms"
+                )
     print("\n" + json.dumps(results))
 
 

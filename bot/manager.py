@@ -16,6 +16,10 @@ predecessors did. The replies' outbox rows are handed to the dispatcher after th
 (``outbox``), so it sends them without claiming them first. On PostgreSQL two rounds are
 in flight at once: the next begins once the one before has routed its messages and is
 writing them, and a message of a thread or sender still in flight waits for its commit.
+While the database is slow to commit (the oldest round in flight has been writing for
+``slow_commit``: a disk's fsync stalling, a busy server), more rounds begin, up to
+``pipeline_when_slow``, so what arrives meanwhile is routed and written, ready to commit
+as soon as the database is back, instead of waiting to begin.
 
 When a round fails, each of its messages is handled again in a round of its own, so one
 bad message cannot hold the others back, and whatever the failed round did was rolled
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
@@ -133,7 +138,9 @@ class _Flight:
 
     items: list[_Queued]
     keys: set[tuple[str, str, str]]
+    slot: int  # distinct among the rounds in flight: its shard of the article counts
     routed: bool = False
+    routed_at: float = 0.0  # the event loop's time when it had routed its messages
     task: asyncio.Task[None] = field(init=False)
 
 
@@ -169,6 +176,8 @@ class ConversationManager:
         max_batch: int = 100,
         linger: float = 0.004,
         pipeline: int | None = None,
+        pipeline_when_slow: int | None = None,
+        slow_commit: float = 0.03,
     ) -> None:
         self.db = database
         self.router = router
@@ -187,6 +196,15 @@ class ConversationManager:
         self.pipeline = pipeline or (2 if database.is_postgres else 1)
         """Rounds in flight at once (default: two on PostgreSQL; one on SQLite, where
         a second write transaction would only wait for the first)."""
+        self.pipeline_when_slow = max(
+            self.pipeline, pipeline_when_slow or (8 if database.is_postgres else 1)
+        )
+        """Rounds in flight at once while the oldest of them has been writing for
+        ``slow_commit`` seconds or more (default: eight on PostgreSQL, one on SQLite)."""
+        self.slow_commit = slow_commit
+        # this node's first shard of the article counts: another node's rounds most
+        # likely count in other shards than this one's
+        self._shard_base = random.randrange(KnowledgeFeedback.SHARDS)
         self.node_locks = AdvisoryLocks(database)
         self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
@@ -239,23 +257,32 @@ class ConversationManager:
         whose thread, sender or receipt id is in a round still in flight waits for that
         round's commit, so it sees everything its predecessors did."""
         flights: list[_Flight] = []
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
-                if (
-                    self._queue
-                    and len(flights) < self.pipeline
-                    and all(flight.routed for flight in flights)
-                ):
-                    if len(self._queue) < self.max_batch and self._busy():
-                        await asyncio.sleep(self.linger)  # more are on their way: wait
-                    items = self._next_round(flights)
-                    if items:
-                        flights.append(self._fly(items, flights))
-                        continue
+                slow_at = None  # when the oldest round in flight counts as slow
+                if self._queue and all(flight.routed for flight in flights):
+                    may_fly = len(flights) < self.pipeline
+                    if not may_fly and len(flights) < self.pipeline_when_slow:
+                        slow_at = flights[0].routed_at + self.slow_commit
+                        may_fly = loop.time() >= slow_at
+                    if may_fly:
+                        if len(self._queue) < self.max_batch and self._busy():
+                            await asyncio.sleep(self.linger)  # more are on their way
+                        items = self._next_round(flights)
+                        if items:
+                            flights.append(self._fly(items, flights))
+                            continue
+                        slow_at = None  # what is queued waits for a round's commit
                 elif not self._queue and not flights:
                     return
-                await self._wake.wait()
+                timer = loop.call_at(slow_at, self._wake.set) if slow_at is not None else None
+                try:
+                    await self._wake.wait()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except BaseException:
             # cancelled (the loop is shutting down): nobody may wait for ever
             for flight in flights:
@@ -281,10 +308,14 @@ class ConversationManager:
         return now
 
     def _fly(self, items: list[_Queued], flights: list[_Flight]) -> _Flight:
-        flight = _Flight(items, set().union(*(_keys(item.inbound) for item in items)))
+        taken = {flight.slot for flight in flights}
+        slot = next(n for n in range(len(flights) + 1) if n not in taken)
+        flight = _Flight(items, set().union(*(_keys(item.inbound) for item in items)), slot)
+        loop = asyncio.get_running_loop()
 
         def routed() -> None:
             flight.routed = True
+            flight.routed_at = loop.time()
             self._wake.set()
 
         def landed(task: asyncio.Task[None]) -> None:
@@ -298,18 +329,18 @@ class ConversationManager:
                 if not item.future.done():
                     item.future.set_exception(error)
 
-        flight.task = asyncio.get_running_loop().create_task(
-            self._handle_round(items, routed), name="manager.round"
+        flight.task = loop.create_task(
+            self._handle_round(items, routed, shard=self._shard_base + slot), name="manager.round"
         )
         flight.task.add_done_callback(landed)
         return flight
 
     async def _handle_round(
-        self, items: list[_Queued], routed: Callable[[], None] | None = None
+        self, items: list[_Queued], routed: Callable[[], None] | None = None, *, shard: int = 0
     ) -> None:
         try:
             results, events, handed = await self._run_round(
-                [item.inbound for item in items], routed
+                [item.inbound for item in items], routed, shard=shard
             )
         except Exception as exc:
             if routed is not None:
@@ -321,7 +352,7 @@ class ConversationManager:
                     type(exc).__name__,
                 )
                 for item in items:
-                    await self._handle_round([item])
+                    await self._handle_round([item], shard=shard)
                 return
             [item] = items
             failure = _failure(exc)
@@ -403,7 +434,11 @@ class ConversationManager:
     # one round ------------------------------------------------------------------------
 
     async def _run_round(
-        self, inbounds: list[Inbound], routed: Callable[[], None] | None = None
+        self,
+        inbounds: list[Inbound],
+        routed: Callable[[], None] | None = None,
+        *,
+        shard: int = 0,
     ) -> tuple[list[HandleResult], list[ConversationEvent], list[Handed]]:
         async with self.db.transaction() as session:
             now = self.clock.now()
@@ -449,7 +484,7 @@ class ConversationManager:
                 if h is not None and h.settle is not None
             ]
             await Receipts(session).settle_many(settle)
-            await KnowledgeFeedback(session).add_counts(state.feedback)
+            await KnowledgeFeedback(session).add_counts(state.feedback, shard=shard)
         results: list[HandleResult] = []
         events: list[ConversationEvent] = []
         for h in handled:

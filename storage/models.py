@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -363,11 +364,16 @@ class Csat(Base):
 
 
 class ArticleStats(Base):
-    """How often a knowledge article was offered, accepted and rejected."""
+    """How often a knowledge article was offered, accepted and rejected: one shard of it.
+
+    An article's counts are the sum of its shards. Rounds in flight at once add to shards
+    of their own (:class:`~storage.repositories.KnowledgeFeedback`), so none waits for
+    another's commit to count the same article."""
 
     __tablename__ = "kb_article_stats"
 
     article_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default="0")
     offered: Mapped[int] = mapped_column(Integer, default=0)
     accepted: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)

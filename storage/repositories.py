@@ -442,11 +442,11 @@ _MARK_SENT = (
     )
 )
 
-# per-article counts added in one executemany (several turns' feedback at once)
+# per-article counts added to one shard in one executemany (several turns' feedback)
 _ADD_ARTICLE_COUNTS = text(
-    "INSERT INTO kb_article_stats (article_id, offered, accepted, rejected) "
-    "VALUES (:article_id, :offered, :accepted, :rejected) "
-    "ON CONFLICT (article_id) DO UPDATE SET "
+    "INSERT INTO kb_article_stats (article_id, shard, offered, accepted, rejected) "
+    "VALUES (:article_id, :shard, :offered, :accepted, :rejected) "
+    "ON CONFLICT (article_id, shard) DO UPDATE SET "
     "offered = kb_article_stats.offered + excluded.offered, "
     "accepted = kb_article_stats.accepted + excluded.accepted, "
     "rejected = kb_article_stats.rejected + excluded.rejected"
@@ -1433,26 +1433,58 @@ class Subscriptions:
         return list(rows.scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class ArticleCounts:
+    """How often one knowledge article was offered, accepted and rejected."""
+
+    offered: int
+    accepted: int
+    rejected: int
+
+
 class KnowledgeFeedback:
-    """Per-article offered/accepted/rejected counts, and the questions we refused."""
+    """Per-article offered/accepted/rejected counts, and the questions we refused.
+
+    The counts are kept in ``SHARDS`` rows per article, summed when read. A writer adds
+    to one shard; writers in flight at once (the conversation manager's rounds, on one
+    node or several) pick different shards, so none waits on the row lock another holds
+    until its commit."""
 
     FIELDS = ("offered", "accepted", "rejected")
+    SHARDS = 32
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_counts(self, counts: dict[str, dict[str, int]]) -> None:
-        """Add several articles' offered/accepted/rejected counts in one executemany."""
+    async def add_counts(self, counts: dict[str, dict[str, int]], *, shard: int = 0) -> None:
+        """Add several articles' offered/accepted/rejected counts to ``shard`` (taken
+        modulo ``SHARDS``) in one executemany."""
+        shard %= self.SHARDS
         rows = [
-            {"article_id": article_id, **{f: int(fields.get(f, 0)) for f in self.FIELDS}}
+            {
+                "article_id": article_id,
+                "shard": shard,
+                **{f: int(fields.get(f, 0)) for f in self.FIELDS},
+            }
             for article_id, fields in sorted(counts.items())
         ]
         if rows:
             await self.session.execute(_ADD_ARTICLE_COUNTS, rows)
 
-    async def stats(self) -> dict[str, ArticleStats]:
-        rows = await self.session.execute(select(ArticleStats))
-        return {row.article_id: row for row in rows.scalars()}
+    async def stats(self) -> dict[str, ArticleCounts]:
+        """Every counted article's counts, its shards summed."""
+        rows = await self.session.execute(
+            select(
+                ArticleStats.article_id,
+                func.sum(ArticleStats.offered),
+                func.sum(ArticleStats.accepted),
+                func.sum(ArticleStats.rejected),
+            ).group_by(ArticleStats.article_id)
+        )
+        return {
+            article_id: ArticleCounts(int(offered), int(accepted), int(rejected))
+            for article_id, offered, accepted, rejected in rows
+        }
 
     def refused(
         self,

@@ -436,3 +436,104 @@ async def test_a_round_that_crashes_after_its_commit_stops_nothing_else(
     # the worker goes on: the next message is handled
     again = await asyncio.wait_for(manager.handle(desk.inbound("hi", user="after")), 10)
     assert not again.duplicate and again.conversation_id == handled.conversation_id
+
+
+def _hold_commits_of(desk: Desk, *texts: str) -> tuple[dict[str, asyncio.Event], list[str]]:
+    """Hold the commit of the first round that holds each of ``texts`` until that text's
+    gate is set; the second value lists the texts whose rounds reached their commit."""
+    from storage.db import before_commit
+
+    gates = {t: asyncio.Event() for t in texts}
+    waiting: list[str] = []
+    router = desk.core.manager.router
+    route = router.route
+
+    async def holding(turn: Turn) -> None:
+        await route(turn)
+        if turn.text in gates and turn.text not in waiting:
+
+            async def hold(text: str = turn.text) -> None:
+                waiting.append(text)
+                await gates[text].wait()
+
+            before_commit(turn.session, hold)
+
+    router.route = holding  # type: ignore[method-assign]
+    return gates, waiting
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_rounds_go_on_beginning_while_the_database_is_slow_to_commit(desk: Desk) -> None:
+    # a disk whose fsync stalls holds every commit at once: the rounds in flight wait,
+    # and what arrives meanwhile is routed and written instead of waiting to begin
+    manager = desk.core.manager
+    assert (manager.pipeline, manager.pipeline_when_slow) == (2, 8)
+    users = ("first", "second", "third", "fourth")
+    for user in users:
+        await desk.say("hi", user=user)
+    gates, waiting = _hold_commits_of(desk, "thanks, bye", "thank you, bye")
+    held = [asyncio.create_task(manager.handle(desk.inbound("thanks, bye", user="first")))]
+    await until(lambda: len(waiting) == 1)  # one round in flight, held at its commit
+    held.append(asyncio.create_task(manager.handle(desk.inbound("thank you, bye", user="second"))))
+    await until(lambda: len(waiting) == 2)  # two rounds in flight, both held at commit
+    assert not any(task.done() for task in held)
+    # the two are slow to commit: two more rounds, one after the other, are answered
+    third = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="third")), 10)
+    fourth = await asyncio.wait_for(manager.handle(desk.inbound("thanks", user="fourth")), 10)
+    assert not any(task.done() for task in held)
+    assert len(third.outbox_ids) == len(fourth.outbox_ids) == 1
+    for gate in gates.values():
+        gate.set()
+    done = await asyncio.wait_for(asyncio.gather(*held), 10)
+    assert [r.duplicate for r in done] == [False, False]
+    replies = await desk.delivered()
+    assert sorted(r.conversation_id for r in replies) == sorted(
+        r.conversation_id for r in [*done, third, fourth]
+    )
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_a_round_slow_to_commit_keeps_the_next_one_to_the_normal_depth(
+    desk: Desk,
+) -> None:
+    # not slow yet: a third round waits for one of the two in flight to commit
+    manager = desk.core.manager
+    manager.slow_commit = 3600.0
+    for user in ("first", "second", "third"):
+        await desk.say("hi", user=user)
+    gates, waiting = _hold_commits_of(desk, "thanks, bye", "thank you, bye")
+    held = [asyncio.create_task(manager.handle(desk.inbound("thanks, bye", user="first")))]
+    await until(lambda: len(waiting) == 1)  # one round in flight, held at its commit
+    held.append(asyncio.create_task(manager.handle(desk.inbound("thank you, bye", user="second"))))
+    await until(lambda: len(waiting) == 2)
+    third = asyncio.create_task(manager.handle(desk.inbound("thanks", user="third")))
+    await asyncio.sleep(0.3)
+    assert not third.done()
+    gates["thanks, bye"].set()
+    assert not (await asyncio.wait_for(third, 10)).duplicate
+    gates["thank you, bye"].set()
+    await asyncio.wait_for(asyncio.gather(*held), 10)
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_rounds_in_flight_count_the_same_article_without_waiting(desk: Desk) -> None:
+    # every answer adds to its article's counts: with one row per article the second
+    # round waited for the first one's commit to take that row's lock
+    manager = desk.core.manager
+    question = "how do I release my print job"
+    for user in ("first", "second"):
+        await desk.say("hi", user=user)
+    gates, waiting = _hold_commits_of(desk, question)
+    first = asyncio.create_task(manager.handle(desk.inbound(question, user="first")))
+    await until(lambda: len(waiting) == 1)
+    manager.slow_commit = 3600.0  # the second round is the only other one in flight
+    second = await asyncio.wait_for(manager.handle(desk.inbound(question, user="second")), 10)
+    assert second.route == "kb.answer" and not first.done()
+    gates[question].set()
+    assert (await asyncio.wait_for(first, 10)).route == "kb.answer"
+    from storage.repositories import KnowledgeFeedback
+
+    async with desk.core.db.read() as session:
+        stats = await KnowledgeFeedback(session).stats()
+    [(article, counts)] = stats.items()
+    assert counts.offered == 2
