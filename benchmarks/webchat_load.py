@@ -51,8 +51,9 @@ warm-up included) follows.
 
 During each phase a commit probe (``CommitProbe``) makes 20 durable one-row commits a
 second on the run's database and reports their latency beside the phase: every commit of
-deskbot's waits for the same disk, so a run whose tail is a stalled fsync (on this
-machine's disk, 100–300 ms several times a minute, at any commit rate) says so itself.
+deskbot's waits for the same disk, so a run whose tail is a stalled fsync says so itself
+(on this machine's disk: 100–300 ms several times a minute, at 20 or 80 commits a
+second alike).
 
 The three processes share the machine's cores; everything stops by itself (``--deadline``).
 """
@@ -83,6 +84,7 @@ if str(REPO_ROOT) not in sys.path:
 ALLOWED_ORIGIN = "https://intranet.example"
 PROBE_RATE = 20  # commits a second, each phase (CommitProbe)
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+PG_DSN = PG_ADMIN.replace("postgresql+asyncpg", "postgresql")  # the same, for asyncpg
 QUESTIONS = (
     "how do I release my print job",
     "my monitors don't work when I plug into the dock",
@@ -766,9 +768,7 @@ def run_client(
 async def _pg_admin(sql: str, dsn: str | None = None) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(
-        dsn or PG_ADMIN.replace("postgresql+asyncpg", "postgresql") + "/postgres"
-    )
+    conn = await asyncpg.connect(dsn or f"{PG_DSN}/postgres")
     try:
         await conn.execute(sql)
     finally:
@@ -779,7 +779,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.deadline
     name = f"deskbot_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    probe = f"{PG_ADMIN.replace('postgresql+asyncpg', 'postgresql')}/{name}"
+    probe = f"{PG_DSN}/{name}"
     results: dict[str, Any] = {}
     try:
         # the commit probe's table, beside (not in) deskbot's schema
